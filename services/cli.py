@@ -1,0 +1,121 @@
+"""The ``fanout`` command: one entry point for every service and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from shared import logs
+from shared.settings import SettingsError, consumer_settings, producer_settings
+
+_DESCRIPTION = """\
+fanout: bulk message delivery on Redis Streams.
+
+A client posts one message and up to millions of recipients to the producer, which answers at
+once with a job id; consumers deliver every message through the Messenger Send API and keep
+counters anyone can read. Settings come from FANOUT_* environment variables (see README).
+"""
+
+
+def _run_producer(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.producer.app import create_app
+
+    settings = producer_settings()
+    logs.setup("producer", settings.log_level, (s.reveal() for s in settings.api_tokens.values()))
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _run_consumer(args: argparse.Namespace) -> int:
+    import os
+
+    import uvloop
+
+    from services.consumer.main import serve
+
+    if args.name:
+        os.environ["FANOUT_CONSUMER_NAME"] = args.name
+    settings = consumer_settings()
+    logs.setup("consumer", settings.log_level, (s.reveal() for s in settings.page_tokens.values()))
+    uvloop.run(serve(settings))
+    return 0
+
+
+def _run_fakegraph(args: argparse.Namespace) -> int:
+    from services.fakegraph.server import main
+
+    return main(args.rest)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from services.demo import main
+
+    return asyncio.run(main(recipients=args.recipients, consumers=args.consumers))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout", description=_DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("producer", help="run the HTTP API (jobs in, status out)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.set_defaults(run=_run_producer)
+
+    c = sub.add_parser(
+        "consumer",
+        help="run a delivery worker (scale these out)",
+        description="Deliver chunks from every shard's work stream until SIGTERM, then drain.",
+    )
+    c.add_argument("--name", help="consumer name in the group (default: host name + random)")
+    c.set_defaults(run=_run_consumer)
+
+    f = sub.add_parser(
+        "fakegraph",
+        help="run a local stand-in for the Messenger Send API",
+        add_help=False,
+    )
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    f.set_defaults(run=_run_fakegraph)
+
+    d = sub.add_parser(
+        "demo",
+        help="run everything locally and send a job with a live progress bar",
+        description="Start Redis (unless FANOUT_REDIS_URL is set), fakegraph, the producer and "
+        "consumers; submit a job; show its progress until done; stop everything.",
+    )
+    d.add_argument("--recipients", type=int, default=10_000, help="job size (default 10000)")
+    d.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    d.set_defaults(run=_run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except SettingsError as exc:
+        print(f"fanout {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""``fanout consumer``: wire settings, logs, signals and the probe server around a Consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from services.consumer import health
+from services.consumer.worker import Consumer
+from shared.redisconn import connect
+from shared.settings import ConsumerSettings
+
+log = logging.getLogger("fanout.consumer")
+
+
+async def serve(settings: ConsumerSettings) -> None:
+    redis = connect(settings.redis_url)
+    consumer = Consumer(settings, redis)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, consumer.stop)
+    runner = await health.start(consumer, settings.metrics_port)
+    try:
+        await consumer.run()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await redis.aclose()

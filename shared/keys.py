@@ -1,0 +1,76 @@
+"""Every Redis key, stream and group name fanout uses; nothing else builds key strings.
+
+A job lives on one shard. Its keys and its shard's work stream share the hash tag ``{<shard>}``
+so every Lua script touches one slot, on a single Redis or a Redis Cluster alike. The job id
+carries its shard, so any service finds a job's keys without a lookup.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import msgspec
+
+GROUP = "senders"
+_JOB_ID = re.compile(r"^(\d{1,4})-([0-9a-f]{24})$")
+
+
+def work_stream(shard: int) -> str:
+    return f"fanout:{{{shard}}}:work"
+
+
+def dead_stream(shard: int) -> str:
+    return f"fanout:{{{shard}}}:dead"
+
+
+def tenant_jobs(tenant: str) -> str:
+    return f"fanout:tenant:{tenant}:jobs"
+
+
+def rate(page_id: str) -> str:
+    return f"fanout:rate:{{{page_id}}}"
+
+
+def new_job_id(shard: int) -> str:
+    return f"{shard}-{secrets.token_hex(12)}"
+
+
+def shard_of(job_id: str) -> int | None:
+    """The shard a job id names, or None when the text is not a job id at all."""
+    match = _JOB_ID.match(job_id)
+    return int(match.group(1)) if match else None
+
+
+class JobKeys(msgspec.Struct, frozen=True):
+    job_id: str
+    shard: int
+    hash: str  # spec + counters
+    backlog: str  # list of encoded chunks not yet released to the fleet
+    attempted: str  # ledger bitmaps, bit i = recipient position i
+    sent: str
+    failed: str
+    indoubt: str
+    errors: str  # capped stream of failure records
+    work: str  # the shard's work stream
+    dead: str  # the shard's dead-letter stream
+
+    @classmethod
+    def of(cls, job_id: str) -> JobKeys:
+        shard = shard_of(job_id)
+        if shard is None:
+            raise ValueError(f"not a job id: {job_id!r}")
+        base = f"fanout:{{{shard}}}:job:{job_id}"
+        return cls(
+            job_id=job_id,
+            shard=shard,
+            hash=base,
+            backlog=f"{base}:backlog",
+            attempted=f"{base}:attempted",
+            sent=f"{base}:sent",
+            failed=f"{base}:failed",
+            indoubt=f"{base}:indoubt",
+            errors=f"{base}:errors",
+            work=work_stream(shard),
+            dead=dead_stream(shard),
+        )

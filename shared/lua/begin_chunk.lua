@@ -1,0 +1,43 @@
+-- Before a chunk's POSTs: mark its unfinished recipients attempted, in one call per chunk.
+-- Idempotent: a redis-py retry or a second delivery of the chunk changes nothing twice.
+-- Per recipient it answers a state character:
+--   '0' fresh (send it), '1' finished (skip it), '2' attempted before but unfinished: in doubt,
+--   the earlier holder may or may not have reached the provider (resend, and count it once).
+-- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt
+-- ARGV: 1 start position, 2 count, 3 '1' to also return the job's message fields
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing', ''}
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+local states = {}
+if status == 'pending' or status == 'running' then
+  local start = tonumber(ARGV[1])
+  local new_doubts = 0
+  for i = 0, tonumber(ARGV[2]) - 1 do
+    local p = start + i
+    if redis.call('GETBIT', KEYS[3], p) == 1 or redis.call('GETBIT', KEYS[4], p) == 1 then
+      states[#states + 1] = '1'
+    elseif redis.call('SETBIT', KEYS[2], p, 1) == 1 then
+      states[#states + 1] = '2'
+      if redis.call('SETBIT', KEYS[5], p, 1) == 0 then
+        new_doubts = new_doubts + 1
+      end
+    else
+      states[#states + 1] = '0'
+    end
+  end
+  if new_doubts > 0 then
+    redis.call('HINCRBY', KEYS[1], 'indoubt', new_doubts)
+  end
+  if status == 'pending' then
+    local t = redis.call('TIME')
+    redis.call('HSET', KEYS[1], 'status', 'running',
+      'started_at', t[1] * 1000 + math.floor(t[2] / 1000))
+    status = 'running'
+  end
+end
+local out = {status, table.concat(states)}
+if ARGV[3] == '1' then
+  out[3] = redis.call('HMGET', KEYS[1], 'page_id', 'text', 'messaging_type', 'tag')
+end
+return out

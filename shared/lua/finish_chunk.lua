@@ -1,0 +1,67 @@
+-- After a chunk's POSTs: record outcomes, acknowledge the entry, release the job's next chunk,
+-- and complete the job when its counts reach the total. One call per chunk.
+-- Counters move only when a ledger bit flips, and the next chunk is released only by the call
+-- whose XACK removed the entry, so a retried call or a zombie consumer changes nothing twice.
+-- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
+--       8 indoubt
+-- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
+--       subcode, message, attempts]...], [doubtful pos...]]: doubtful ones were resent after a
+--       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
+--       (kept in the dead stream), 6 errors stream cap
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  -- The job expired or was deleted: only settle the entry.
+  local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[5], ARGV[2])
+  return {0, 0, acked, 0, 'missing'}
+end
+local outcome = cmsgpack.unpack(ARGV[3])
+local sent, failed = 0, 0
+for _, p in ipairs(outcome[1]) do
+  if redis.call('GETBIT', KEYS[3], p) == 0 and redis.call('SETBIT', KEYS[2], p, 1) == 0 then
+    sent = sent + 1
+  end
+end
+for _, f in ipairs(outcome[2]) do
+  local p = f[1]
+  if redis.call('GETBIT', KEYS[2], p) == 0 and redis.call('SETBIT', KEYS[3], p, 1) == 0 then
+    failed = failed + 1
+    redis.call('HINCRBY', KEYS[1], 'code:' .. f[3], 1)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'recipient', f[2], 'code', f[3],
+      'subcode', f[4], 'message', f[5], 'attempts', f[6])
+  end
+end
+local doubts = 0
+for _, p in ipairs(outcome[3]) do
+  if redis.call('SETBIT', KEYS[8], p, 1) == 0 then doubts = doubts + 1 end
+end
+if doubts > 0 then redis.call('HINCRBY', KEYS[1], 'indoubt', doubts) end
+if sent > 0 then redis.call('HINCRBY', KEYS[1], 'sent', sent) end
+if failed > 0 then redis.call('HINCRBY', KEYS[1], 'failed', failed) end
+
+local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
+local released = 0
+if acked == 1 then
+  redis.call('XDEL', KEYS[5], ARGV[2])
+  if ARGV[4] ~= '' then
+    redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'c', ARGV[5], 'reason', ARGV[4])
+  end
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if status == 'pending' or status == 'running' then
+    local chunk = redis.call('LPOP', KEYS[6])
+    if chunk then
+      redis.call('XADD', KEYS[5], '*', 'c', chunk)
+      released = 1
+    end
+  end
+end
+
+local h = redis.call('HMGET', KEYS[1], 'status', 'total', 'sent', 'failed', 'skipped')
+local status = h[1]
+if (status == 'pending' or status == 'running')
+    and tonumber(h[3]) + tonumber(h[4]) + tonumber(h[5]) >= tonumber(h[2]) then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[1], 'status', 'completed',
+    'finished_at', t[1] * 1000 + math.floor(t[2] / 1000))
+  status = 'completed'
+end
+return {sent, failed, acked, released, status}

@@ -1,0 +1,138 @@
+"""msgspec Structs at every boundary: the API bodies, the stream payload, the provider's answers.
+
+Encoders and decoders are built once here. API bodies forbid unknown fields; the stream payload
+is versioned and new fields always get defaults, because old and new pods share a stream during
+a rolling deploy.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Meta: "message.text ... UTF-8 ... 2000 character limit".
+MAX_TEXT = 2000
+MessagingType = Literal["RESPONSE", "UPDATE", "MESSAGE_TAG"]
+# The message tags Meta accepts today (Send API, "Message Tags").
+MessageTag = Literal[
+    "ACCOUNT_UPDATE",
+    "CONFIRMED_EVENT_UPDATE",
+    "CUSTOMER_FEEDBACK",
+    "HUMAN_AGENT",
+    "POST_PURCHASE_UPDATE",
+]
+Psid = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+PageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+JobStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True):
+    text: Annotated[str, Meta(min_length=1, max_length=MAX_TEXT)]
+
+
+class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    page_id: PageId
+    message: Message
+    recipients: Annotated[list[Psid], Meta(min_length=1)]
+    messaging_type: MessagingType
+    tag: MessageTag | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: JobStatusName
+    total: int
+    duplicates_removed: int
+    status_url: str
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: JobStatusName
+    page_id: str
+    total: int
+    sent: int
+    failed: int
+    skipped: int
+    indoubt: int
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    messaging_type: str
+    tag: str | None
+    metadata: dict[str, Any] | None
+    error_codes: dict[str, int]
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    error: ErrorBody
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    """One work-stream entry: a run of consecutive recipients of one job."""
+
+    v: int = 1
+    job: str
+    no: int
+    start: int  # position of ids[0] in the job; ids[i] is recipient start + i
+    ids: list[str]
+
+
+class OutboundMessage(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """The Send API body, exactly as Meta documents it."""
+
+    recipient: dict[str, str]
+    message: Message
+    messaging_type: str
+    tag: str | None = None
+
+
+class GraphError(msgspec.Struct, kw_only=True):
+    message: str = ""
+    type: str = ""
+    code: int = 0
+    error_subcode: int | None = None
+    is_transient: bool = False
+    fbtrace_id: str | None = None
+
+
+class GraphAnswer(msgspec.Struct, kw_only=True):
+    recipient_id: str | None = None
+    message_id: str | None = None
+    error: GraphError | None = None
+
+
+class Failure(msgspec.Struct, array_like=True):
+    """A recipient that ended failed, as the finish script records it."""
+
+    pos: int
+    recipient: str
+    code: str
+    subcode: str
+    message: str
+    attempts: int
+
+
+class Outcome(msgspec.Struct, array_like=True):
+    """What a delivered chunk reports to the finish script (msgpack, read by cmsgpack)."""
+
+    sent: list[int]
+    failed: list[Failure]
+    # Positions resent after a timeout or reset: the provider may have taken the first try.
+    doubtful: list[int]
+
+
+json_encode = msgspec.json.Encoder().encode
+msgpack_encode = msgspec.msgpack.Encoder().encode
+job_request_decoder = msgspec.json.Decoder(JobRequest)
+chunk_decoder = msgspec.msgpack.Decoder(Chunk)
+graph_answer_decoder = msgspec.json.Decoder(GraphAnswer)

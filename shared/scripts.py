@@ -1,0 +1,25 @@
+"""The Lua scripts in ``shared/lua/``, read once and registered on a client.
+
+redis-py's registered scripts run EVALSHA and load the body on NOSCRIPT, so a Redis restart or
+failover (which empties the script cache) costs one extra round trip, not an error.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+
+def _source(name: str) -> str:
+    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+class Scripts:
+    def __init__(self, redis: Redis) -> None:
+        self.create_job: AsyncScript = redis.register_script(_source("create_job"))
+        self.begin_chunk: AsyncScript = redis.register_script(_source("begin_chunk"))
+        self.finish_chunk: AsyncScript = redis.register_script(_source("finish_chunk"))
+        self.lease: AsyncScript = redis.register_script(_source("lease"))
+        self.reclaim: AsyncScript = redis.register_script(_source("reclaim"))

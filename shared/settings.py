@@ -1,0 +1,186 @@
+"""Settings: one frozen, typed object per service, read once from ``FANOUT_*`` variables.
+
+Nothing below ``services.cli`` reads ``os.environ``; each service gets its settings object.
+A missing or malformed variable raises ``SettingsError`` whose message names it, and the CLI
+prints that one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Meta's documented Send API limit for text messages, per page.
+DEFAULT_RATE_LIMIT = 300
+
+
+class SettingsError(Exception):
+    """A FANOUT_* variable is missing or malformed; the message names it."""
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str
+    api_tokens: dict[str, Secret]  # tenant -> token
+    page_ids: frozenset[str]  # pages with a configured token; the producer never needs the token
+    shards: int
+    chunk_size: int
+    window: int
+    max_body: int
+    max_recipients: int
+    log_level: str
+
+
+class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str
+    page_tokens: dict[str, Secret]  # page_id -> token
+    graph_url: str
+    graph_version: str
+    shards: int
+    concurrency: int
+    claim_idle_ms: int
+    block_ms: int
+    max_deliveries: int
+    max_attempts: int
+    request_timeout_s: float
+    drain_s: float
+    consumer_name: str
+    metrics_port: int
+    log_level: str
+
+
+class _Env:
+    """Typed reads of one environment mapping, each error naming its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str, default: str | None) -> str:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            if default is None:
+                raise SettingsError(f"{name} is not set")
+            return default
+        return value.strip()
+
+    def parsed(self, name: str, default: str | None, parse: Callable[[str], T], what: str) -> T:
+        value = self.raw(name, default)
+        try:
+            return parse(value)
+        except ValueError:
+            raise SettingsError(f"{name}={value!r} is not {what}") from None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.parsed(name, str(default), int, "an integer")
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is out of range [{low}, {high}]")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self.parsed(name, str(default), float, "a number")
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={value} is out of range [{low}, {high}]")
+        return value
+
+    def pairs(self, name: str, default: str | None) -> dict[str, Secret]:
+        return self.parsed(name, default, _parse_pairs, "a list of key=value pairs")
+
+    def redis_url(self) -> str:
+        url = self.raw("FANOUT_REDIS_URL", DEFAULT_REDIS_URL)
+        if not re.match(r"^(redis|rediss|unix)://", url):
+            raise SettingsError(
+                f"FANOUT_REDIS_URL must start with redis://, rediss:// or unix:// (got {url!r})"
+            )
+        return url
+
+    def log_level(self) -> str:
+        level = self.raw("FANOUT_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise SettingsError(f"FANOUT_LOG_LEVEL={level!r} is not DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+def _parse_pairs(text: str) -> dict[str, Secret]:
+    pairs: dict[str, Secret] = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(item)
+        pairs[key.strip()] = Secret(value.strip())
+    return pairs
+
+
+def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSettings:
+    env = _Env(os.environ if environ is None else environ)
+    return ProducerSettings(
+        redis_url=env.redis_url(),
+        api_tokens=env.pairs("FANOUT_API_TOKENS", None),
+        page_ids=frozenset(env.pairs("FANOUT_PAGE_TOKENS", None)),
+        shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
+        chunk_size=env.integer("FANOUT_CHUNK_SIZE", 100, 1, 10_000),
+        window=env.integer("FANOUT_WINDOW", 4, 1, 1000),
+        max_body=env.integer("FANOUT_MAX_BODY", 32 * 1024 * 1024, 1024, 1024**3),
+        max_recipients=env.integer("FANOUT_MAX_RECIPIENTS", 1_000_000, 1, 100_000_000),
+        log_level=env.log_level(),
+    )
+
+
+def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSettings:
+    env = _Env(os.environ if environ is None else environ)
+    claim_idle_ms = env.integer("FANOUT_CLAIM_IDLE_MS", 30_000, 100, 3_600_000)
+    graph_url = env.raw("FANOUT_GRAPH_URL", "https://graph.facebook.com").rstrip("/")
+    if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", graph_url):
+        raise SettingsError(f"FANOUT_GRAPH_URL={graph_url!r} is not an http(s) URL")
+    version = env.raw("FANOUT_GRAPH_VERSION", "v21.0")
+    if not re.fullmatch(r"v\d+\.\d+", version):
+        raise SettingsError(f"FANOUT_GRAPH_VERSION={version!r} is not like v21.0")
+    name = env.raw("FANOUT_CONSUMER_NAME", f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    return ConsumerSettings(
+        redis_url=env.redis_url(),
+        page_tokens=env.pairs("FANOUT_PAGE_TOKENS", None),
+        graph_url=graph_url,
+        graph_version=version,
+        shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
+        concurrency=env.integer("FANOUT_CONCURRENCY", 256, 1, 10_000),
+        claim_idle_ms=claim_idle_ms,
+        # BLOCK must stay well under the Redis client's socket timeout (see shared/redis.py).
+        block_ms=env.integer("FANOUT_BLOCK_MS", 2_000, 10, 4_000),
+        max_deliveries=env.integer("FANOUT_MAX_DELIVERIES", 5, 1, 1000),
+        max_attempts=env.integer("FANOUT_MAX_ATTEMPTS", 5, 1, 100),
+        request_timeout_s=env.number("FANOUT_REQUEST_TIMEOUT_S", 20.0, 0.1, 300.0),
+        drain_s=env.number("FANOUT_DRAIN_S", 20.0, 0.0, 3600.0),
+        consumer_name=name,
+        metrics_port=env.integer("FANOUT_METRICS_PORT", 9100, 0, 65535),
+        log_level=env.log_level(),
+    )
