@@ -103,7 +103,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-_FIELD = re.compile(r"at `\$\.?([^`]*)`")
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    """The JSON path msgspec names, as ``message.text`` or ``recipients[3]``."""
+    at = _AT.search(message)
+    named = _NAMED.search(message)
+    parts = [p for p in (at.group(1) if at else "", named.group(1) if named else "") if p]
+    return ".".join(parts) or None
 
 
 def decode_job(body: bytes) -> JobRequest:
@@ -111,11 +120,7 @@ def decode_job(body: bytes) -> JobRequest:
         return job_request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        match = _FIELD.search(text)
-        field = match.group(1) if match else None
-        if field is None and "missing required field" in text:
-            field = text.split("`")[1] if "`" in text else None
-        raise ApiError(422, "invalid_field", text, field or None) from None
+        raise ApiError(422, "invalid_field", text, _field_of(text)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
