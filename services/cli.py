@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -63,7 +62,7 @@ def _run_fakegraph(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from services.demo import main
 
-    return asyncio.run(main(recipients=args.recipients, consumers=args.consumers))
+    return main(recipients=args.recipients, consumers=args.consumers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -82,9 +81,10 @@ def r(redis_server: RedisServer) -> redis.Redis:
 class Proc:
     """A service started as its own process, with its output kept for the failure report."""
 
-    def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], name: str, logdir: Path) -> None:
         self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.path = logdir / f"{name}.log"
+        self.log = open(self.path, "wb")  # noqa: SIM115 - closed in stop(), lives with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *args],
             env=env,
@@ -94,7 +94,7 @@ class Proc:
         )
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.path.read_text(errors="replace")
 
     def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
@@ -115,10 +115,12 @@ class Proc:
 
 
 class FakeGraph:
-    def __init__(self, procs: list[Proc], env: dict[str, str], *args: str) -> None:
+    def __init__(self, procs: list[Proc], env: dict[str, str], logdir: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Proc(["services.fakegraph", "--port", str(self.port), *args], env, "fakegraph")
+        self.proc = Proc(
+            ["services.fakegraph", "--port", str(self.port), *args], env, "fakegraph", logdir
+        )
         procs.append(self.proc)
         self.http = httpx.Client(base_url=self.url, timeout=10)
         wait_for(lambda: self.http.get("/_fake/stats").status_code == 200, 15, "fakegraph")
@@ -141,6 +143,7 @@ class Stack:
     def __init__(self, redis_server: RedisServer) -> None:
         self.redis_server = redis_server
         self.r = redis_server.client
+        self.logdir = redis_server.workdir
         self.procs: list[Proc] = []
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
@@ -158,13 +161,19 @@ class Stack:
         self.consumers: list[Proc] = []
 
     def start_fakegraph(self, *args: str) -> FakeGraph:
-        self.fake = FakeGraph(self.procs, self.env, "--tokens", f"{PAGE}={PAGE_TOKEN}", *args)
+        self.fake = FakeGraph(
+            self.procs, self.env, self.logdir, "--tokens", f"{PAGE}={PAGE_TOKEN}", *args
+        )
         self.env["FANOUT_GRAPH_URL"] = self.fake.url
         return self.fake
 
     def start_producer(self) -> httpx.Client:
         port = free_port()
-        self.procs.append(Proc(["services.cli", "producer", "--port", str(port)], self.env, "producer"))
+        self.procs.append(
+            Proc(
+                ["services.cli", "producer", "--port", str(port)], self.env, "producer", self.logdir
+            )
+        )
         self.api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {API_TOKENS['acme']}"},
@@ -175,7 +184,10 @@ class Stack:
 
     def start_consumer(self, name: str, **env: str) -> Proc:
         proc = Proc(
-            ["services.cli", "consumer", "--name", name], {**self.env, **env}, f"consumer-{name}"
+            ["services.cli", "consumer", "--name", name],
+            {**self.env, **env},
+            f"consumer-{name}",
+            self.logdir,
         )
         self.procs.append(proc)
         self.consumers.append(proc)

@@ -1,0 +1,239 @@
+"""Delivery throughput, measured against a baseline from the same run.
+
+    .venv/bin/python bench/delivery.py [--messages 50000] [--concurrency 256]
+
+Starts its own redis-server and fakegraph (no added latency), then measures:
+  1. baseline: a bare aiohttp loop (uvloop) POSTing the same messages to the same fakegraph
+     at the same concurrency, in its own process, as the consumer is;
+  2. fanout: producer -> Redis -> 1 consumer -> fakegraph, from POST /v1/jobs to completed;
+  3. the time POST /v1/jobs takes for 100,000 recipients;
+  4. Redis commands per delivered message (INFO commandstats before and after).
+Prints msgs/s and the ratio fanout / baseline. No assertions: figures go in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = "1001"
+PAGE_TOKEN = "EAAbenchpagetoken"
+API_TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait(check: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (httpx.HTTPError, OSError, redis.RedisError):
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{what} did not start")
+
+
+BASELINE = textwrap.dedent(
+    """
+    import asyncio, sys, time, aiohttp, uvloop
+    url, n, conc, token = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    async def main():
+        conn = aiohttp.TCPConnector(limit=conc, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            it = iter(range(n))
+            headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+            async def worker():
+                for i in it:
+                    body = ('{"recipient":{"id":"%d"},"message":{"text":"Hello"},'
+                            '"messaging_type":"UPDATE"}' % (10**12 + i)).encode()
+                    async with s.post(url, data=body, headers=headers) as r:
+                        await r.read()
+            t = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(conc)))
+            print(n / (time.perf_counter() - t))
+    uvloop.run(main())
+    """
+)
+
+
+# Commands fanout only ever runs inside its Lua scripts, and the benchmark's own status polls.
+_INSIDE_SCRIPTS = {
+    "getbit",
+    "setbit",
+    "hincrby",
+    "hset",
+    "hget",
+    "hmget",
+    "exists",
+    "time",
+    "persist",
+    "zadd",
+    "xack",
+    "xdel",
+    "xadd",
+    "lpop",
+    "xpending",
+    "xclaim",
+    "xautoclaim",
+}
+_NOT_DELIVERY = {"info", "hgetall", "ping"}
+
+
+def commands(r: redis.Redis) -> tuple[int, int]:
+    """(round trips from clients, all commands including those run inside scripts)."""
+    stats = r.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    everything = sum(v for k, v in calls.items() if k not in _NOT_DELIVERY)
+    top_level = sum(v for k, v in calls.items() if k not in _INSIDE_SCRIPTS | _NOT_DELIVERY)
+    return top_level, everything
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="fanout-bench-")
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_port, graph_port, api_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "FANOUT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "FANOUT_API_TOKENS": f"bench={API_TOKEN}",
+        "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
+        "FANOUT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
+        "FANOUT_CONCURRENCY": str(args.concurrency),
+        "FANOUT_METRICS_PORT": "0",
+        "FANOUT_LOG_LEVEL": "WARNING",
+    }
+    py = [sys.executable, "-m"]
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    shutil.which("redis-server") or "redis-server",
+                    "--port",
+                    str(redis_port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    tmp,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [*py, "services.fakegraph", "--port", str(graph_port)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [*py, "services.cli", "producer", "--port", str(api_port)], env=env, cwd=ROOT
+            )
+        )
+        r = redis.Redis(port=redis_port)
+        graph = httpx.Client(base_url=env["FANOUT_GRAPH_URL"])
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{api_port}",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            timeout=60,
+        )
+        wait(r.ping, "redis")
+        wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
+        wait(lambda: api.get("/readyz").status_code == 200, "producer")
+
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BASELINE,
+                f"{env['FANOUT_GRAPH_URL']}/v21.0/me/messages",
+                str(args.messages),
+                str(args.concurrency),
+                PAGE_TOKEN,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        baseline = float(out.stdout.strip())
+        graph.post("/_fake/reset")
+
+        body = {
+            "page_id": PAGE,
+            "message": {"text": "Hello"},
+            "messaging_type": "UPDATE",
+            "recipients": [str(10**12 + i) for i in range(args.messages)],
+        }
+        before = commands(r)
+        consumer = subprocess.Popen([*py, "services.cli", "consumer"], env=env, cwd=ROOT)
+        procs.append(consumer)
+        wait(lambda: r.exists("fanout:{0}:work"), "consumer")
+        started = time.perf_counter()
+        job = api.post("/v1/jobs", json=body).json()
+        while api.get(job["status_url"]).json()["status"] != "completed":
+            time.sleep(0.01)
+        fanout = args.messages / (time.perf_counter() - started)
+        after = commands(r)
+        round_trips = (after[0] - before[0]) / args.messages
+        inside = (after[1] - before[1]) / args.messages
+        delivered = graph.get("/_fake/stats").json()
+
+        big = {**body, "recipients": [str(10**12 + i) for i in range(100_000)]}
+        t = time.perf_counter()
+        api.post("/v1/jobs", json=big).raise_for_status()
+        submit_100k = time.perf_counter() - t
+
+        print(
+            f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
+            f"{args.messages:,} messages, {args.concurrency} in flight"
+        )
+        print(f"{'baseline (bare aiohttp loop)':40s} {baseline:10,.0f} msgs/s")
+        print(f"{'fanout (producer->redis->consumer)':40s} {fanout:10,.0f} msgs/s")
+        print(f"{'ratio fanout / baseline':40s} {fanout / baseline:10.2f}")
+        print(f"{'redis round trips per message':40s} {round_trips:10.3f}")
+        print(f"{'redis commands per message, in Lua too':40s} {inside:10.3f}")
+        print(f"{'POST /v1/jobs, 100,000 recipients':40s} {submit_100k * 1000:10,.0f} ms")
+        print(
+            f"{'fakegraph delivered / duplicates':40s} {delivered['delivered']:>10,} / "
+            f"{delivered['duplicates']}"
+        )
+    finally:
+        for p in reversed(procs):  # consumer first, so it drains while Redis is still there
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

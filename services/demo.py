@@ -1,0 +1,192 @@
+"""``fanout demo``: the whole pipeline on one machine, with a live progress bar.
+
+Starts (and on exit, also on Ctrl-C, stops) a redis-server of its own unless FANOUT_REDIS_URL
+is set, fakegraph, the producer and N consumers; submits one job; draws its progress until it
+ends; prints the summary next to what fakegraph really received.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PAGE = "1234567890"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(check: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f}s")
+
+
+class Services:
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.tmp = tempfile.TemporaryDirectory(prefix="fanout-demo-")
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        log = open(Path(self.tmp.name) / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((name, proc))
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                log = (Path(self.tmp.name) / f"{name}.log").read_text(errors="replace")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log[-2000:]}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.tmp.cleanup()
+
+
+def _bar(job: dict[str, Any], elapsed: float, width: int = 30) -> str:
+    total = max(1, job["total"])
+    done = job["sent"] + job["failed"] + job["skipped"]
+    fraction = done / total
+    filled = int(width * fraction)
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / rate if rate > 0 else float("inf")
+    eta_text = f"{eta:5.1f}s" if eta != float("inf") else "   --"
+    return (
+        f"[{'#' * filled}{'-' * (width - filled)}] {fraction:6.1%}  {done:,}/{total:,}  "
+        f"sent {job['sent']:,}  failed {job['failed']:,}  {rate:7,.0f} msg/s  ETA {eta_text}"
+    )
+
+
+def _redis(services: Services) -> str:
+    url = os.environ.get("FANOUT_REDIS_URL")
+    if url:
+        return url
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed; set FANOUT_REDIS_URL or install it")
+    port = _free_port()
+    services.start(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", services.tmp.name],
+        dict(os.environ),
+    )
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def run(services: Services, recipients: int, consumers: int) -> int:
+    api_token = secrets.token_urlsafe(24)
+    page_token = "EAA" + secrets.token_hex(20)
+    python = [sys.executable, "-m"]
+    env = {
+        **os.environ,
+        "FANOUT_REDIS_URL": _redis(services),
+        "FANOUT_API_TOKENS": f"demo={api_token}",
+        "FANOUT_PAGE_TOKENS": f"{PAGE}={page_token}",
+        "FANOUT_METRICS_PORT": "0",
+        "FANOUT_LOG_LEVEL": "WARNING",
+    }
+    graph_port, api_port = _free_port(), _free_port()
+    services.start(
+        "fakegraph",
+        [*python, "services.fakegraph", "--port", str(graph_port), "--latency-ms", "20",
+         "--blocked-rate", "0.01", "--tokens", f"{PAGE}={page_token}"],
+        env,
+    )
+    env["FANOUT_GRAPH_URL"] = f"http://127.0.0.1:{graph_port}"
+    services.start("producer", [*python, "services.cli", "producer", "--port", str(api_port)], env)
+    for i in range(consumers):
+        services.start(f"consumer-{i + 1}", [*python, "services.cli", "consumer"], env)
+
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {api_token}"},
+        timeout=30,
+    )
+    graph = httpx.Client(base_url=env["FANOUT_GRAPH_URL"], timeout=10)
+    _wait(lambda: api.get("/readyz").status_code == 200, "the producer")
+    _wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
+    services.check_alive()
+    print(f"fanout demo: {consumers} consumers, fakegraph at 20 ms latency, 1% blocked recipients")
+
+    body = {
+        "page_id": PAGE,
+        "message": {"text": "Hello from the fanout demo!"},
+        "recipients": [str(10**15 + i) for i in range(recipients)],
+        "messaging_type": "UPDATE",
+    }
+    submitted = time.perf_counter()
+    answer = api.post("/v1/jobs", json=body)
+    answer.raise_for_status()
+    accepted = answer.json()
+    print(f"job {accepted['job_id']} accepted in {time.perf_counter() - submitted:.3f}s "
+          f"({accepted['total']:,} recipients)")
+    tty = sys.stderr.isatty()
+    last_line = 0.0
+    while True:
+        job = api.get(accepted["status_url"]).json()
+        elapsed = time.perf_counter() - submitted
+        if tty:
+            sys.stderr.write("\r" + _bar(job, elapsed))
+            sys.stderr.flush()
+        elif time.monotonic() - last_line >= 1 or job["status"] != "running":
+            print(_bar(job, elapsed), file=sys.stderr)
+            last_line = time.monotonic()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            break
+        services.check_alive()
+        time.sleep(0.1)
+    if tty:
+        sys.stderr.write("\n")
+    elapsed = time.perf_counter() - submitted
+    stats = graph.get("/_fake/stats").json()
+    print(
+        f"\n{job['status']}: sent {job['sent']:,}, failed {job['failed']:,} "
+        f"(codes {job['error_codes'] or '-'}), skipped {job['skipped']:,} of {job['total']:,} "
+        f"in {elapsed:.2f}s = {job['total'] / elapsed:,.0f} msg/s\n"
+        f"fakegraph received {stats['delivered']:,} messages for {stats['unique']:,} people, "
+        f"duplicates {stats['duplicates']}"
+    )
+    ok = job["status"] == "completed" and stats["delivered"] == job["sent"]
+    return 0 if ok else 1
+
+
+def main(recipients: int = 10_000, consumers: int = 2) -> int:
+    services = Services()
+    try:
+        return run(services, recipients, consumers)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"fanout demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        services.stop()
