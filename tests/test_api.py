@@ -49,9 +49,13 @@ def job(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def test_submit_answers_202_and_writes_backlog_and_window(client: TestClient, r: redis.Redis) -> None:
+def test_submit_answers_202_and_writes_backlog_and_window(
+    client: TestClient, r: redis.Redis
+) -> None:
     recipients = psids(25)
-    response = client.post("/v1/jobs", json=job(recipients=[*recipients, recipients[0]]), headers=AUTH)
+    response = client.post(
+        "/v1/jobs", json=job(recipients=[*recipients, recipients[0]]), headers=AUTH
+    )
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "pending"
@@ -97,7 +101,12 @@ def test_other_tenant_gets_404_and_unknown_ids_404(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+    ],
 )
 def test_missing_or_invalid_token_is_401(
     client: TestClient, r: redis.Redis, headers: dict[str, str]
@@ -120,17 +129,31 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
     ("recipient not a PSID", job(recipients=["12a"]), 422, "invalid_field", "recipients[0]"),
     ("text too long", job(message={"text": "x" * 2001}), 422, "invalid_field", "message.text"),
     ("empty text", job(message={"text": ""}), 422, "invalid_field", "message.text"),
-    ("missing message", {k: v for k, v in job().items() if k != "message"}, 422, "invalid_field", "message"),
+    (
+        "missing message",
+        {k: v for k, v in job().items() if k != "message"},
+        422,
+        "invalid_field",
+        "message",
+    ),
     ("unknown messaging_type", job(messaging_type="PROMO"), 422, "invalid_field", "messaging_type"),
     ("MESSAGE_TAG without tag", job(messaging_type="MESSAGE_TAG"), 422, "invalid_field", "tag"),
-    ("MESSAGE_TAG bad tag", job(messaging_type="MESSAGE_TAG", tag="SALE"), 422, "invalid_field", "tag"),
+    (
+        "MESSAGE_TAG bad tag",
+        job(messaging_type="MESSAGE_TAG", tag="SALE"),
+        422,
+        "invalid_field",
+        "tag",
+    ),
     ("tag without MESSAGE_TAG", job(tag="ACCOUNT_UPDATE"), 422, "invalid_field", "tag"),
     ("unknown field", job(extra=1), 422, "invalid_field", "extra"),
     ("page without token", job(page_id="999"), 422, "unknown_page", "page_id"),
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "status", "code", "field"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("name", "body", "status", "code", "field"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(
     client: TestClient,
     r: redis.Redis,
@@ -188,7 +211,9 @@ def test_chunked_body_over_limit_is_413(client: TestClient, r: redis.Redis) -> N
     assert r.dbsize() == 0
 
 
-def test_too_many_recipients_is_422_naming_the_limit(redis_server: RedisServer, r: redis.Redis) -> None:
+def test_too_many_recipients_is_422_naming_the_limit(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
     settings = producer_settings(settings_env(redis_server, FANOUT_MAX_RECIPIENTS="10"))
     with TestClient(create_app(settings)) as c:
         response = c.post("/v1/jobs", json=job(recipients=psids(11)), headers=AUTH)
@@ -199,7 +224,9 @@ def test_too_many_recipients_is_422_naming_the_limit(redis_server: RedisServer, 
 
 
 def test_wrong_media_type_is_415(client: TestClient, r: redis.Redis) -> None:
-    response = client.post("/v1/jobs", content=b"page_id=1", headers={**AUTH, "Content-Type": "text/plain"})
+    response = client.post(
+        "/v1/jobs", content=b"page_id=1", headers={**AUTH, "Content-Type": "text/plain"}
+    )
     assert response.status_code == 415
     assert r.dbsize() == 0
 
