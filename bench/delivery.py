@@ -97,6 +97,41 @@ _INSIDE_SCRIPTS = {
 _NOT_DELIVERY = {"info", "hgetall", "ping"}
 
 
+POOL_BASELINE = textwrap.dedent(
+    """
+    import asyncio, sys, time, uvloop
+    from shared.http1 import Pool
+    url, n, conc, token = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    async def main():
+        pool = Pool(url, conc, 30)
+        auth = b"Authorization: Bearer %s\\r\\n" % token.encode()
+        head = pool.frame_post("/v21.0/me/messages", auth)
+        it = iter(range(n))
+        async def worker():
+            for i in it:
+                body = (b'{"recipient":{"id":"%d"},"message":{"text":"Hello"},'
+                        b'"messaging_type":"UPDATE"}' % (10**12 + i))
+                await pool.post(head, body)
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        print(n / (time.perf_counter() - t))
+        await pool.close()
+    uvloop.run(main())
+    """
+)
+
+
+def bare_loop(source: str, url: str, n: int, concurrency: int) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", source, url, str(n), str(concurrency), PAGE_TOKEN],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return float(out.stdout.strip())
+
+
 def commands(r: redis.Redis) -> tuple[int, int]:
     """(round trips from clients, all commands including those run inside scripts)."""
     stats = r.info("commandstats")
@@ -168,21 +203,10 @@ def main() -> int:
         wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
         wait(lambda: api.get("/readyz").status_code == 200, "producer")
 
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                BASELINE,
-                f"{env['FANOUT_GRAPH_URL']}/v21.0/me/messages",
-                str(args.messages),
-                str(args.concurrency),
-                PAGE_TOKEN,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        baseline = float(out.stdout.strip())
+        graph_url = env["FANOUT_GRAPH_URL"]
+        n, conc = args.messages, args.concurrency
+        baseline = bare_loop(BASELINE, f"{graph_url}/v21.0/me/messages", n, conc)
+        pool_baseline = bare_loop(POOL_BASELINE, graph_url, n, conc)
         graph.post("/_fake/reset")
 
         body = {
@@ -214,9 +238,11 @@ def main() -> int:
             f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
             f"{args.messages:,} messages, {args.concurrency} in flight"
         )
-        print(f"{'baseline (bare aiohttp loop)':40s} {baseline:10,.0f} msgs/s")
         print(f"{'fanout (producer->redis->consumer)':40s} {fanout:10,.0f} msgs/s")
-        print(f"{'ratio fanout / baseline':40s} {fanout / baseline:10.2f}")
+        print(f"{'bare aiohttp loop':40s} {baseline:10,.0f} msgs/s")
+        print(f"{'bare loop on fanout HTTP pool':40s} {pool_baseline:10,.0f} msgs/s")
+        print(f"{'ratio fanout / bare aiohttp loop':40s} {fanout / baseline:10.2f}")
+        print(f"{'ratio fanout / bare loop, same pool':40s} {fanout / pool_baseline:10.2f}")
         print(f"{'redis round trips per message':40s} {round_trips:10.3f}")
         print(f"{'redis commands per message, in Lua too':40s} {inside:10.3f}")
         print(f"{'POST /v1/jobs, 100,000 recipients':40s} {submit_100k * 1000:10,.0f} ms")

@@ -1,22 +1,20 @@
-"""The Messenger Send API client: one pooled aiohttp session per process.
+"""The Messenger Send API client: one connection pool per process (``shared.http1``).
 
-aiohttp rather than httpx's default transport: against the same local sink, 20,000 POSTs at
-64 in flight, aiohttp sustains many times the rate (bench/http_clients.py), and the provider
-client is the consumer's hot path. The page token travels in the Authorization header, never
-in the URL, so no access log or exception text can carry it.
+The page token travels in the Authorization header, never in the URL, so no access log or
+exception text can carry it; the request head holding it is framed once per job and kept
+only in memory.
 """
 
 from __future__ import annotations
 
 import time
 
-import aiohttp
 import msgspec
 
+from shared.http1 import HttpError, Pool
 from shared.models import GraphAnswer, graph_answer_decoder
 
-# Meta's answers are small; a bigger body is not an answer we can trust.
-_MAX_ANSWER = 64 * 1024
+Head = tuple[bytes, bytes]
 
 
 class SendResult(msgspec.Struct):
@@ -27,6 +25,7 @@ class SendResult(msgspec.Struct):
     transport_error: str | None  # "timeout" | "connection" | "bad_answer"
     retry_after: float | None
     seconds: float
+    maybe_delivered: bool = False  # no answer, but the request had gone out
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -41,42 +40,27 @@ def parse_retry_after(value: str | None) -> float | None:
 
 class MessengerClient:
     def __init__(self, graph_url: str, version: str, concurrency: int, timeout_s: float) -> None:
-        self.url = f"{graph_url}/{version}/me/messages"
-        self._concurrency = concurrency
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self.pool = Pool(graph_url, concurrency, timeout_s)
+        self.path = f"/{version}/me/messages"
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._concurrency, limit_per_host=0, keepalive_timeout=30
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            skip_auto_headers=("User-Agent",),
-            headers={"Content-Type": "application/json", "User-Agent": "fanout/0.1"},
-        )
+    def head(self, token: str) -> Head:
+        """The framed request head for one page's token."""
+        return self.pool.frame_post(self.path, b"Authorization: Bearer " + token.encode() + b"\r\n")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.pool.close()
 
-    async def send(self, token: str, body: bytes) -> SendResult:
-        assert self._session is not None, "start() first"
-        headers = {"Authorization": f"Bearer {token}"}
+    async def send(self, head: Head, body: bytes) -> SendResult:
         started = time.perf_counter()
         try:
-            async with self._session.post(self.url, data=body, headers=headers) as response:
-                raw = await response.content.read(_MAX_ANSWER)
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError:
-            return SendResult(0, None, "timeout", None, time.perf_counter() - started)
-        except aiohttp.ClientError:
-            return SendResult(0, None, "connection", None, time.perf_counter() - started)
+            answer = await self.pool.post(head, body)
+        except HttpError as exc:
+            return SendResult(0, None, exc.kind, None, time.perf_counter() - started, exc.sent)
         seconds = time.perf_counter() - started
+        retry_after_raw = answer.headers.get(b"retry-after")
+        retry_after = parse_retry_after(retry_after_raw.decode() if retry_after_raw else None)
         try:
-            answer: GraphAnswer = graph_answer_decoder.decode(raw)
+            graph: GraphAnswer = graph_answer_decoder.decode(answer.body)
         except msgspec.MsgspecError:
-            return SendResult(status, None, "bad_answer", retry_after, seconds)
-        return SendResult(status, answer, None, retry_after, seconds)
+            return SendResult(answer.status, None, "bad_answer", retry_after, seconds)
+        return SendResult(answer.status, graph, None, retry_after, seconds)

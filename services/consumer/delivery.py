@@ -16,7 +16,7 @@ from shared import metrics
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
 from shared.models import Chunk, Failure, Outcome, json_encode
-from shared.provider import MessengerClient
+from shared.provider import Head, MessengerClient
 
 log = logging.getLogger("fanout.consumer")
 
@@ -24,11 +24,11 @@ log = logging.getLogger("fanout.consumer")
 class JobSpec:
     """What every message of one job shares, the Send API body pre-split around the PSID."""
 
-    __slots__ = ("_prefix", "_suffix", "page_id", "token")
+    __slots__ = ("_prefix", "_suffix", "head", "page_id")
 
-    def __init__(self, page_id: str, token: str, text: str, messaging_type: str, tag: str | None):
+    def __init__(self, page_id: str, head: Head, text: str, messaging_type: str, tag: str | None):
         self.page_id = page_id
-        self.token = token
+        self.head = head  # the framed request head, page token included: memory only
         rest = {"message": {"text": text}, "messaging_type": messaging_type}
         if tag:
             rest["tag"] = tag
@@ -118,7 +118,7 @@ class Senders:
         work.attempts[index] = attempt
         metrics.IN_FLIGHT.inc()
         try:
-            result = await self.client.send(spec.token, spec.body(work.chunk.ids[index]))
+            result = await self.client.send(spec.head, spec.body(work.chunk.ids[index]))
         finally:
             metrics.IN_FLIGHT.dec()
         metrics.SEND_DURATION.observe(result.seconds)
@@ -132,8 +132,8 @@ class Senders:
         if verdict in ("retry", "throttled") and attempt < self.max_attempts:
             if verdict == "throttled":
                 metrics.RATE_LIMITED.inc()
-            if result.status == 0 and result.transport_error == "timeout":
-                # The provider may have taken it before the timeout: a resend may duplicate.
+            if result.maybe_delivered:
+                # The request went out but no answer came: a resend may duplicate it.
                 work.doubtful.append(work.chunk.start + index)
             metrics.RETRIES.inc()
             self._later(backoff(attempt, retry_after=decision.retry_after), (work, index))

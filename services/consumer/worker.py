@@ -72,7 +72,6 @@ class Consumer:
     async def run(self) -> None:
         from services.consumer.reclaim import Upkeep  # a cycle otherwise: upkeep drives us
 
-        await self.client.start()
         self._senders = Senders(self.client, self.settings.concurrency, self.settings.max_attempts)
         await self._join_groups()
         upkeep = Upkeep(self)
@@ -240,9 +239,8 @@ class Consumer:
             return None
         if len(self._specs) >= _SPEC_CACHE_MAX:
             self._specs.clear()
-        spec = JobSpec(
-            fields.page_id, token.reveal(), fields.text, fields.messaging_type, fields.tag
-        )
+        head = self.client.head(token.reveal())
+        spec = JobSpec(fields.page_id, head, fields.text, fields.messaging_type, fields.tag)
         self._specs[job_id] = spec
         return spec
 

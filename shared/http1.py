@@ -1,0 +1,204 @@
+"""A small HTTP/1.1 client pool made for one job: many small POSTs to one origin, fast.
+
+Why not a general client: on this 2-core machine a bare aiohttp loop manages ~5,000 POSTs/s
+against fakegraph with its own core saturated, and httpx's default transport a few hundred
+(bench/http_clients.py); the consumer has to do 10,000/s *and* keep its ledger. This pool
+keeps persistent keep-alive connections (one request at a time on each, no pipelining),
+writes each request as one pre-framed buffer, and parses answers with httptools (the C
+parser uvicorn uses), which handles Content-Length and chunked bodies. TLS is asyncio's.
+
+What it does not do, on purpose: redirects, cookies, proxies, compression (no
+Accept-Encoding is sent, so the answer comes as identity), HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from urllib.parse import urlsplit
+
+import httptools
+
+_MAX_BODY = 256 * 1024
+_IDLE_S = 20.0  # drop connections idle longer than this rather than race the server's timeout
+
+
+class HttpError(Exception):
+    """No (complete) answer: ``kind`` is "timeout" or "connection"; ``sent`` says whether the
+    request had been written, so the provider may have acted on it."""
+
+    def __init__(self, kind: str, sent: bool) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.sent = sent
+
+
+class Answer:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request in flight at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Answer] | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.reusable = False
+        self.last_used = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail("connection")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.reusable = False
+        self._fail("connection")
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size <= _MAX_BODY:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self.waiter
+        self.waiter = None
+        self.reusable = self.parser.should_keep_alive()
+        answer = Answer(self.parser.get_status_code(), self.headers, b"".join(self.body))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def _fail(self, kind: str) -> None:
+        waiter = self.waiter
+        self.waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(HttpError(kind, sent=True))
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def send(self, request: bytes) -> asyncio.Future[Answer]:
+        assert self.transport is not None
+        self.headers = {}
+        self.body = []
+        self.size = 0
+        self.reusable = False
+        self.waiter = self.loop.create_future()
+        self.transport.write(request)
+        return self.waiter
+
+
+class Pool:
+    """Connections to one origin, at most ``limit`` of them, reused LIFO."""
+
+    def __init__(self, base_url: str, limit: int, timeout_s: float) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if parts.scheme == "https" else None
+        )
+        default_port = self.port == (443 if self.ssl else 80)
+        host_header = self.host if default_port else f"{self.host}:{self.port}"
+        self.base_path = parts.path.rstrip("/")
+        self.host_line = b"Host: " + host_header.encode("idna") + b"\r\n"
+        self.timeout_s = timeout_s
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(limit)
+        self._all: set[_Connection] = set()
+
+    def frame_post(self, path: str, headers: bytes) -> tuple[bytes, bytes]:
+        """The parts of a POST to ``path`` before and after its Content-Length value;
+        ``headers`` are extra header lines, each ending in CRLF."""
+        head = (
+            b"POST "
+            + (self.base_path + path).encode()
+            + b" HTTP/1.1\r\n"
+            + self.host_line
+            + b"Content-Type: application/json\r\nUser-Agent: fanout\r\n"
+            + headers
+            + b"Content-Length: "
+        )
+        return head, b"\r\n\r\n"
+
+    async def _connection(self) -> _Connection:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and now - conn.last_used < _IDLE_S:
+                return conn
+            conn.close()
+            self._all.discard(conn)
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(loop), self.host, self.port, ssl=self.ssl
+                ),
+                self.timeout_s,
+            )
+        except TimeoutError:
+            raise HttpError("timeout", sent=False) from None
+        except OSError:
+            raise HttpError("connection", sent=False) from None
+        self._all.add(conn)
+        return conn
+
+    async def post(self, head: tuple[bytes, bytes], body: bytes) -> Answer:
+        """POST ``body`` with a request head from ``frame_post``; raises HttpError."""
+        async with self._slots:
+            conn = await self._connection()
+            future = conn.send(head[0] + b"%d" % len(body) + head[1] + body)
+            timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, conn, future)
+            try:
+                answer = await future
+            except BaseException:
+                conn.close()
+                self._all.discard(conn)
+                raise
+            finally:
+                timer.cancel()
+            if conn.reusable:
+                conn.last_used = time.monotonic()
+                self._idle.append(conn)
+            else:
+                conn.close()
+                self._all.discard(conn)
+            return answer
+
+    async def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+def _expire(conn: _Connection, future: asyncio.Future[Answer]) -> None:
+    if not future.done():
+        future.set_exception(HttpError("timeout", sent=True))
+    conn.close()
