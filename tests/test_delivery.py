@@ -168,3 +168,24 @@ def test_a_chunk_past_max_deliveries_goes_to_the_dead_stream(stack: Stack) -> No
     assert b"delivered 6 times" in dead[0][1][b"reason"]
     assert stack.fake is not None
     assert stack.fake.stats()["delivered"] == 50
+
+
+def test_consumer_probes_and_metrics(stack: Stack) -> None:
+    import httpx
+    from conftest import free_port
+
+    stack.start_fakegraph("--blocked", "10000000003")
+    stack.start_producer()
+    port = free_port()
+    stack.start_consumer("probed", FANOUT_METRICS_PORT=str(port))
+    probe = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5)
+    wait_for(lambda: probe.get("/readyz").status_code == 200, 20, "consumer ready")
+    assert probe.get("/healthz").json() == {"status": "ok"}
+    assert probe.get("/nope").status_code == 404
+    stack.wait_done(stack.submit(psids(10)), 30)
+    metrics = probe.get("/metrics").text
+    assert 'fanout_messages_total{code="",outcome="sent"} 9.0' in metrics
+    assert 'fanout_messages_total{code="551",outcome="failed"} 1.0' in metrics
+    assert "fanout_send_duration_seconds_count 10.0" in metrics
+    assert "EAA" not in metrics  # no token in any label
+    probe.close()

@@ -20,10 +20,10 @@ async def serve(settings: ConsumerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
-    runner = await health.start(consumer, settings.metrics_port)
+    probes = await health.start(consumer, settings.metrics_port)
     try:
         await consumer.run()
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if probes is not None:
+            probes.close()
         await redis.aclose()
