@@ -94,8 +94,19 @@ def _redis(services: Services) -> str:
     port = _free_port()
     services.start(
         "redis",
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", services.tmp.name],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            services.tmp.name,
+        ],
         dict(os.environ),
     )
     return f"redis://127.0.0.1:{port}/0"
@@ -116,8 +127,18 @@ def run(services: Services, recipients: int, consumers: int) -> int:
     graph_port, api_port = _free_port(), _free_port()
     services.start(
         "fakegraph",
-        [*python, "services.fakegraph", "--port", str(graph_port), "--latency-ms", "20",
-         "--blocked-rate", "0.01", "--tokens", f"{PAGE}={page_token}"],
+        [
+            *python,
+            "services.fakegraph",
+            "--port",
+            str(graph_port),
+            "--latency-ms",
+            "20",
+            "--blocked-rate",
+            "0.01",
+            "--tokens",
+            f"{PAGE}={page_token}",
+        ],
         env,
     )
     env["FANOUT_GRAPH_URL"] = f"http://127.0.0.1:{graph_port}"
@@ -146,8 +167,10 @@ def run(services: Services, recipients: int, consumers: int) -> int:
     answer = api.post("/v1/jobs", json=body)
     answer.raise_for_status()
     accepted = answer.json()
-    print(f"job {accepted['job_id']} accepted in {time.perf_counter() - submitted:.3f}s "
-          f"({accepted['total']:,} recipients)")
+    print(
+        f"job {accepted['job_id']} accepted in {time.perf_counter() - submitted:.3f}s "
+        f"({accepted['total']:,} recipients)"
+    )
     tty = sys.stderr.isatty()
     last_line = 0.0
     while True:
