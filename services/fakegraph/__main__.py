@@ -1,0 +1,5 @@
+"""`python -m services.fakegraph --help`."""
+
+from services.fakegraph.server import main
+
+raise SystemExit(main())

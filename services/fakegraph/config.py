@@ -1,0 +1,69 @@
+"""What the fake Graph API is told to do: latency, failures, blocks, limits, tokens.
+
+`FakeGraphConfig` is a plain mutable msgspec Struct. The server reads it on every request,
+so a test may change a field in place (`fake.config.fail_rate = 1.0`) or post a subset of
+fields to `POST /_fake/config`; both take effect on the next request.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Behaviour of the fake Send API; every field has a harmless default."""
+
+    latency_ms: float = 0.0
+    """Delay before answering (an event-loop timer, never blocking); 0 answers at once."""
+    fail_rate: float = 0.0
+    """Fraction of requests answered HTTP 500, code 2 (transient); not delivered."""
+    blocked_rate: float = 0.0
+    """Fraction of PSIDs (by crc32 of the PSID, so always the same ones) answered 551."""
+    blocked: list[str] = []
+    """PSIDs always answered 551 (HTTP 400, subcode 1545041); not delivered. To change it
+    at runtime assign a new list (the server caches a set of it by identity and length)."""
+    rate_limit: int = 0
+    """> 0: requests per page per wall-clock second; those beyond answer 613 (HTTP 400)."""
+    tokens: dict[str, str] = {}
+    """token -> page_id. Empty: any non-empty token is accepted, the page is the URL's."""
+    revoked: bool = False
+    """Every request answers 190, subcode 463 (token invalidated), HTTP 400."""
+    seed: int = 0
+    """Seed of the random generator that draws `fail_rate` failures."""
+
+    def __post_init__(self) -> None:
+        # Runs on construction and on decode/convert, so `POST /_fake/config` is validated.
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ValueError("fail_rate must be between 0 and 1")
+        if not 0.0 <= self.blocked_rate <= 1.0:
+            raise ValueError("blocked_rate must be between 0 and 1")
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        if self.rate_limit < 0:
+            raise ValueError("rate_limit must be >= 0")
+
+
+def parse_page_tokens(spec: str) -> dict[str, str]:
+    """Parse ``"page_id=token,page_id=token"`` (the `FANOUT_PAGE_TOKENS` form).
+
+    Returns the config's orientation, token -> page_id. The error message never
+    contains a token, only the position of the malformed item.
+    """
+    tokens: dict[str, str] = {}
+    for position, item in enumerate(spec.split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        page_id, sep, token = item.partition("=")
+        page_id, token = page_id.strip(), token.strip()
+        if not sep or not page_id or not token:
+            raise ValueError(f"item {position} is not of the form page_id=token")
+        tokens[token] = page_id
+    return tokens
+
+
+def redacted(config: FakeGraphConfig) -> dict[str, object]:
+    """The config as JSON-ready builtins, tokens masked (answers and logs never show one)."""
+    out: dict[str, object] = msgspec.to_builtins(config)
+    out["tokens"] = {f"***{n}": page for n, page in enumerate(config.tokens.values(), 1)}
+    return out

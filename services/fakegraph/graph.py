@@ -1,0 +1,239 @@
+"""The fake Send API itself: routes, the checks of a send, and the `/_fake/*` test hooks.
+
+`FakeGraph.respond()` takes one parsed HTTP request and gives `(status, body)`; it knows
+nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
+
+    token / revoked (190) -> body (100) -> rate limit (613) -> fail_rate (500, code 2)
+    -> blocked (551) -> delivered (200)
+
+The page of a send is the one its token maps to when `tokens` is set, else the URL's
+(`me` for `/me/messages`); stats, deliveries and the rate limit are kept per page.
+Every send is counted in the per-page, per-second load (whatever its answer) when it
+arrives; a delivery is counted when the fake decides to accept it, so with `latency_ms`
+a client that gives up before the answer still got its message through — exactly the
+read-timeout-after-accept case that makes real duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+import time
+import zlib
+from urllib.parse import unquote_to_bytes
+
+import msgspec
+
+from services.fakegraph import responses as r
+from services.fakegraph.config import FakeGraphConfig, redacted
+from services.fakegraph.stats import Stats
+
+_HASH_SPACE = 2**32
+
+
+class _Recipient(msgspec.Struct):
+    id: str | int | None = None
+
+
+class _Message(msgspec.Struct):
+    text: str | None = None
+    attachment: msgspec.Raw = msgspec.Raw()
+
+
+class _SendRequest(msgspec.Struct):
+    """The Send API body; unknown fields (quick replies, metadata, ...) are ignored."""
+
+    recipient: _Recipient | None = None
+    message: _Message | None = None
+    messaging_type: str | None = None
+    tag: str | None = None
+    access_token: str | None = None
+
+
+Answer = tuple[int, bytes]
+"""HTTP status and JSON body."""
+
+
+class FakeGraph:
+    """Live config, stats, and the answer to every request."""
+
+    def __init__(self, config: FakeGraphConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self.connections: set[asyncio.BaseTransport] = set()
+        """Open client connections (the protocol adds and removes itself)."""
+        self._decode_send = msgspec.json.Decoder(_SendRequest).decode
+        self._decode_patch = msgspec.json.Decoder(dict[str, object]).decode
+        self._traces = r.TraceIds()
+        self._rng = random.Random(config.seed)
+        self._rng_seed = config.seed
+        prefix = "".join(random.choices(string.ascii_letters + string.digits, k=12))
+        self._message_prefix = b"m_" + prefix.encode("ascii")
+        self._message_count = 0
+        self._blocked_list: list[str] | None = None
+        self._blocked_len = 0
+        self._blocked_set: frozenset[str] = frozenset()
+
+    # ---- public helpers (tests in-process, the CLI) ----
+
+    def configure(self, /, **fields: object) -> FakeGraphConfig:
+        """Validate and apply a subset of config fields in place; return the config.
+
+        Raises `msgspec.ValidationError` (unknown field, wrong type, out of range) and
+        then changes nothing.
+        """
+        merged = msgspec.structs.asdict(self.config) | fields
+        checked = msgspec.convert(merged, FakeGraphConfig)
+        for name in fields:
+            setattr(self.config, name, getattr(checked, name))
+        return self.config
+
+    def reset(self) -> None:
+        """Forget all stats (the rate limiter's counts too) and re-seed `fail_rate` draws."""
+        self.stats = Stats()
+        self._rng.seed(self.config.seed)
+        self._rng_seed = self.config.seed
+
+    def close_connections(self) -> None:
+        """Close every open client connection (shutdown; `Server.close()` leaves them)."""
+        for transport in list(self.connections):
+            transport.close()
+
+    # ---- the request path ----
+
+    def respond(
+        self, method: bytes, url: bytes, authorization: bytes | None, body: bytes
+    ) -> Answer:
+        """Answer one request. `url` is the raw request target, `authorization` the header."""
+        path, _, query = url.partition(b"?")
+        if method == b"POST" and path.endswith(b"/messages"):
+            parts = path.split(b"/")
+            # /{version}/{page}/messages or, as Graph allows, /{page}/messages
+            if (len(parts) == 4 and parts[1][:1] == b"v") or len(parts) == 3:
+                page = parts[-2]
+                if page:
+                    return self._send(page.decode("utf-8", "replace"), authorization, query, body)
+        if path.startswith(b"/_fake/"):
+            return self._hook(method, path, body)
+        return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
+
+    def _send(
+        self, url_page: str, authorization: bytes | None, query: bytes, body: bytes
+    ) -> Answer:
+        config = self.config
+        try:
+            request: _SendRequest | None = self._decode_send(body)
+        except msgspec.MsgspecError:
+            request = None
+        token = _token(authorization, query, request)
+        page = config.tokens.get(token) if config.tokens and token else url_page
+        this_second = self.stats.tick(page or url_page, int(time.time()))
+
+        if config.revoked:
+            return self._error(r.TOKEN_REVOKED)
+        if page is None or not token:
+            return self._error(r.TOKEN_INVALID)
+        if request is None:
+            return self._error(r.INVALID_PARAMETER)
+        psid, problem = _recipient_and_problem(request)
+        if problem is not None:
+            return self._error(problem)
+        if config.rate_limit and this_second > config.rate_limit:
+            return self._error(r.RATE_LIMITED)
+        if config.fail_rate and self._draw() < config.fail_rate:
+            return self._error(r.TRANSIENT)
+        if (config.blocked or config.blocked_rate) and self._is_blocked(config, psid):
+            return self._error(r.UNAVAILABLE)
+
+        self.stats.deliver(page, psid)
+        self._message_count += 1
+        return 200, r.success_body(psid, self._message_prefix, self._message_count)
+
+    def _error(self, error: r.GraphError) -> Answer:
+        """A send's error answer, counted in `by_code`."""
+        self.stats.answered(error.code)
+        return error.status, error.body(self._traces.take())
+
+    def answer_error(self, error: r.GraphError) -> Answer:
+        """An error answer outside the send route, not counted (also used by the protocol)."""
+        return error.status, error.body(self._traces.take())
+
+    def _draw(self) -> float:
+        if self.config.seed != self._rng_seed:
+            self._rng.seed(self.config.seed)
+            self._rng_seed = self.config.seed
+        return self._rng.random()
+
+    def _is_blocked(self, config: FakeGraphConfig, psid: str) -> bool:
+        blocked = config.blocked
+        if blocked:
+            if blocked is not self._blocked_list or len(blocked) != self._blocked_len:
+                self._blocked_list, self._blocked_len = blocked, len(blocked)
+                self._blocked_set = frozenset(blocked)
+            if psid in self._blocked_set:
+                return True
+        rate = config.blocked_rate
+        return bool(rate) and zlib.crc32(psid.encode()) < rate * _HASH_SPACE
+
+    # ---- test hooks ----
+
+    def _hook(self, method: bytes, path: bytes, body: bytes) -> Answer:
+        if path == b"/_fake/stats" and method == b"GET":
+            return 200, r.json_body(self.stats.snapshot(int(time.time())))
+        if path == b"/_fake/delivered" and method == b"GET":
+            return 200, r.json_body(self.stats.deliveries)
+        if path == b"/_fake/reset" and method == b"POST":
+            self.reset()
+            return 200, r.json_body(self.stats.snapshot(int(time.time())))
+        if path == b"/_fake/config":
+            if method == b"GET":
+                return 200, r.json_body(redacted(self.config))
+            if method == b"POST":
+                return self._post_config(body)
+        return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
+
+    def _post_config(self, body: bytes) -> Answer:
+        try:
+            patch = self._decode_patch(body or b"{}")
+            self.configure(**patch)
+        except msgspec.MsgspecError as exc:
+            return self.answer_error(r.bad_config(str(exc)))
+        return 200, r.json_body(redacted(self.config))
+
+
+def _token(authorization: bytes | None, query: bytes, request: _SendRequest | None) -> str | None:
+    """The access token: `Authorization: Bearer`, else `?access_token=`, else the body's."""
+    if authorization is not None:
+        if authorization[:7] == b"Bearer " and len(authorization) > 7:  # the usual form
+            return authorization[7:].strip().decode("utf-8", "replace") or None
+        scheme, _, credentials = authorization.strip().partition(b" ")
+        if scheme.lower() in (b"bearer", b"oauth") and credentials.strip():
+            return credentials.strip().decode("utf-8", "replace")
+    if query:
+        for pair in query.split(b"&"):
+            if pair.startswith(b"access_token="):
+                value = unquote_to_bytes(pair[13:].replace(b"+", b" "))
+                return value.decode("utf-8", "replace") or None
+    if request is not None:
+        return request.access_token or None
+    return None
+
+
+def _recipient_and_problem(request: _SendRequest) -> tuple[str, r.GraphError | None]:
+    """The PSID, or the code-100 error of a body that lacks a recipient or a message."""
+    recipient = request.recipient
+    if recipient is None or recipient.id is None or recipient.id == "":
+        return "", r.NO_RECIPIENT
+    message = request.message
+    if message is None:
+        return "", r.NO_MESSAGE
+    if not message.text and _absent(message.attachment):
+        return "", r.EMPTY_MESSAGE
+    psid = recipient.id
+    return (psid if isinstance(psid, str) else str(psid)), None
+
+
+def _absent(raw: msgspec.Raw) -> bool:
+    """An attachment field that was missing or JSON `null`."""
+    return len(raw) == 0 or bytes(raw) == b"null"

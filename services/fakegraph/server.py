@@ -1,0 +1,210 @@
+"""A local stand-in for the Messenger Send API, fast enough never to be the bottleneck.
+
+    create_server(config) -> FakeGraph        config (mutable at runtime) + stats
+    await serve(fake, host, port) -> Server   listening; port 0 picks a free one
+    main(argv) -> int                         the `fanout fakegraph` / `python -m` CLI
+
+Module map: `config.py` (what to simulate), `graph.py` (routes, checks, test hooks),
+`stats.py` (counters), `responses.py` (Graph's answers as bytes), `protocol.py` (HTTP/1.1
+on asyncio), this module (wiring and the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import asyncio.base_events
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from services.fakegraph.config import FakeGraphConfig, parse_page_tokens, redacted
+from services.fakegraph.graph import FakeGraph
+from services.fakegraph.protocol import GraphProtocol
+
+__all__ = ["FakeGraph", "FakeGraphConfig", "create_server", "loop_factory", "main", "serve"]
+
+
+def create_server(config: FakeGraphConfig) -> FakeGraph:
+    """A fake Graph API with this config; nothing listens until `serve()`."""
+    return FakeGraph(config)
+
+
+async def serve(fake: FakeGraph, host: str, port: int) -> asyncio.base_events.Server:
+    """Listen on host:port (0 = any free port) and answer with `fake`; returns the started server.
+
+    To stop: `server.close()`, `fake.close_connections()`, `await server.wait_closed()`.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: GraphProtocol(fake, loop), host, port, reuse_address=True, backlog=4096
+    )
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop's event loop when installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+_DESCRIPTION = """\
+Local stand-in for the Messenger Send API (POST /{version}/me/messages and
+/{version}/{page_id}/messages). Answers success, or Graph-shaped errors on demand:
+190 bad/revoked token, 100 bad body, 613 rate limit, HTTP 500 code 2, 551 blocked.
+Test hooks: GET /_fake/stats, GET /_fake/delivered, POST /_fake/reset,
+GET|POST /_fake/config (JSON subset of the options below, live).
+Runs until SIGINT/SIGTERM; prints one JSON line saying where it listens."""
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fanout fakegraph",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    add("--port", type=int, default=8090, help="port; 0 picks a free one (default: %(default)s)")
+    add(
+        "--latency-ms",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="MS",
+        help="delay every answer by MS milliseconds, without blocking (default: 0)",
+    )
+    add(
+        "--fail-rate",
+        type=_rate,
+        default=0.0,
+        metavar="FRACTION",
+        help="answer this fraction of sends HTTP 500, code 2, transient (default: 0)",
+    )
+    add(
+        "--blocked-rate",
+        type=_rate,
+        default=0.0,
+        metavar="FRACTION",
+        help="answer 551 'person isn't available' to this fraction of PSIDs, always the "
+        "same ones (crc32 of the PSID) (default: 0)",
+    )
+    add("--blocked", default="", metavar="PSID,...", help="PSIDs always answered 551")
+    add(
+        "--rate-limit",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="per page, answer 613 to requests beyond N in one wall-clock second "
+        "(default: 0 = no limit)",
+    )
+    add(
+        "--tokens",
+        default=None,
+        metavar="PAGE=TOKEN,...",
+        help="accept only these page tokens, each for its page (others answer 190); "
+        "default: any non-empty token, the page taken from the URL",
+    )
+    add(
+        "--tokens-env",
+        default=None,
+        metavar="VAR",
+        help="read PAGE=TOKEN,... from environment variable VAR instead (keeps tokens "
+        "out of the process list), e.g. FANOUT_PAGE_TOKENS",
+    )
+    add("--revoked", action="store_true", help="answer every send 190, subcode 463")
+    add("--seed", type=int, default=0, help="random seed of --fail-rate draws (default: 0)")
+    return parser
+
+
+def _config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> FakeGraphConfig:
+    spec: str | None = args.tokens
+    if args.tokens_env is not None:
+        if spec is not None:
+            parser.error("give --tokens or --tokens-env, not both")
+        spec = os.environ.get(args.tokens_env)
+        if spec is None:
+            parser.error(f"--tokens-env: environment variable {args.tokens_env} is not set")
+    try:
+        tokens = parse_page_tokens(spec) if spec else {}
+    except ValueError as exc:
+        parser.error(f"--tokens: {exc}")
+    return FakeGraphConfig(
+        latency_ms=args.latency_ms,
+        fail_rate=args.fail_rate,
+        blocked_rate=args.blocked_rate,
+        blocked=[p.strip() for p in args.blocked.split(",") if p.strip()],
+        rate_limit=args.rate_limit,
+        tokens=tokens,
+        revoked=args.revoked,
+        seed=args.seed,
+    )
+
+
+def _log(event: str, **fields: object) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+async def _run(config: FakeGraphConfig, host: str, port: int) -> int:
+    fake = create_server(config)
+    try:
+        server = await serve(fake, host, port)
+    except OSError as exc:
+        _log("fakegraph.error", error=f"cannot listen on {host}:{port}: {exc.strerror}")
+        return 1
+    bound = server.sockets[0].getsockname()
+    loop = asyncio.get_running_loop()
+    _log(
+        "fakegraph.listening",
+        url=f"http://{host}:{bound[1]}",
+        host=host,
+        port=bound[1],
+        loop=type(loop).__module__.split(".")[0],
+        config=redacted(config),
+    )
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)  # not in a non-main thread
+    await stop.wait()
+    server.close()
+    fake.close_connections()
+    await server.wait_closed()
+    _log("fakegraph.stopped", requests=fake.stats.requests, delivered=fake.stats.delivered)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake Graph API until SIGINT/SIGTERM; 0 on a clean stop."""
+    parser = _argument_parser()
+    args = parser.parse_args(argv)
+    config = _config_from(args, parser)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_run(config, args.host, args.port))
