@@ -62,7 +62,7 @@ def _run_fakegraph(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from services.demo import main
 
-    return main(recipients=args.recipients, consumers=args.consumers)
+    return main(recipients=args.recipients, consumers=args.consumers, rate=args.rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--recipients", type=int, default=10_000, help="job size (default 10000)")
     d.add_argument("--consumers", type=int, default=2, help="consumer processes (default 2)")
+    d.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        help="fleet-wide messages/s for the page, as FANOUT_RATE_LIMIT (default 0: unlimited;"
+        " Meta allows 300)",
+    )
     d.set_defaults(run=_run_demo)
     return parser
 

@@ -112,7 +112,7 @@ def _redis(services: Services) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def run(services: Services, recipients: int, consumers: int) -> int:
+def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
     api_token = secrets.token_urlsafe(24)
     page_token = "EAA" + secrets.token_hex(20)
     python = [sys.executable, "-m"]
@@ -123,6 +123,7 @@ def run(services: Services, recipients: int, consumers: int) -> int:
         "FANOUT_PAGE_TOKENS": f"{PAGE}={page_token}",
         "FANOUT_METRICS_PORT": "0",
         "FANOUT_LOG_LEVEL": "WARNING",
+        "FANOUT_RATE_LIMIT": str(rate),
     }
     graph_port, api_port = _free_port(), _free_port()
     services.start(
@@ -155,7 +156,11 @@ def run(services: Services, recipients: int, consumers: int) -> int:
     _wait(lambda: api.get("/readyz").status_code == 200, "the producer")
     _wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
     services.check_alive()
-    print(f"fanout demo: {consumers} consumers, fakegraph at 20 ms latency, 1% blocked recipients")
+    limit = f"{rate}/s per page" if rate else "no rate limit"
+    print(
+        f"fanout demo: {consumers} consumers, {limit}, "
+        "fakegraph at 20 ms latency with 1% blocked recipients"
+    )
 
     body = {
         "page_id": PAGE,
@@ -201,10 +206,10 @@ def run(services: Services, recipients: int, consumers: int) -> int:
     return 0 if ok else 1
 
 
-def main(recipients: int = 10_000, consumers: int = 2) -> int:
+def main(recipients: int = 10_000, consumers: int = 2, rate: int = 0) -> int:
     services = Services()
     try:
-        return run(services, recipients, consumers)
+        return run(services, recipients, consumers, rate)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130

@@ -7,6 +7,7 @@ only in memory.
 
 from __future__ import annotations
 
+import json
 import time
 
 import msgspec
@@ -26,6 +27,27 @@ class SendResult(msgspec.Struct):
     retry_after: float | None
     seconds: float
     maybe_delivered: bool = False  # no answer, but the request had gone out
+
+
+def regain_access_s(header: bytes | None) -> float | None:
+    """Seconds until access returns, from Meta's X-Business-Use-Case-Usage header:
+    {"<business id>": [{"type": ..., "call_count": 95, "estimated_time_to_regain_access": 5}]}
+    (the estimate is in minutes). None when absent, zero or unreadable."""
+    if not header:
+        return None
+    try:
+        usage = json.loads(header)
+        minutes = max(
+            (
+                float(entry.get("estimated_time_to_regain_access") or 0)
+                for entries in usage.values()
+                for entry in entries
+            ),
+            default=0.0,
+        )
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return minutes * 60 if minutes > 0 else None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -59,6 +81,9 @@ class MessengerClient:
         seconds = time.perf_counter() - started
         retry_after_raw = answer.headers.get(b"retry-after")
         retry_after = parse_retry_after(retry_after_raw.decode() if retry_after_raw else None)
+        regain = regain_access_s(answer.headers.get(b"x-business-use-case-usage"))
+        if regain is not None:
+            retry_after = max(retry_after or 0.0, regain)
         try:
             graph: GraphAnswer = graph_answer_decoder.decode(answer.body)
         except msgspec.MsgspecError:

@@ -23,3 +23,6 @@ class Scripts:
         self.finish_chunk: AsyncScript = redis.register_script(_source("finish_chunk"))
         self.lease: AsyncScript = redis.register_script(_source("lease"))
         self.reclaim: AsyncScript = redis.register_script(_source("reclaim"))
+        self.take_permits: AsyncScript = redis.register_script(_source("take_permits"))
+        self.cool_down: AsyncScript = redis.register_script(_source("cool_down"))
+        self.fail_job: AsyncScript = redis.register_script(_source("fail_job"))

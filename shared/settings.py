@@ -77,7 +77,13 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     drain_s: float
     consumer_name: str
     metrics_port: int
+    rate_limit: int  # default permits/s per page, 0 = unlimited
+    page_rate_limits: dict[str, int]  # per-page overrides
+    rate_burst_ms: int
     log_level: str
+
+    def rate_for(self, page_id: str) -> int:
+        return self.page_rate_limits.get(page_id, self.rate_limit)
 
 
 class _Env:
@@ -115,6 +121,16 @@ class _Env:
 
     def pairs(self, name: str, default: str | None) -> dict[str, Secret]:
         return self.parsed(name, default, _parse_pairs, "a list of key=value pairs")
+
+    def rates(self, name: str) -> dict[str, int]:
+        if not self._environ.get(name, "").strip():
+            return {}
+        rates = {}
+        for page, value in self.pairs(name, None).items():
+            if not value.reveal().isdigit():
+                raise SettingsError(f"{name}: the rate for page {page} is not a whole number")
+            rates[page] = int(value.reveal())
+        return rates
 
     def redis_url(self) -> str:
         url = self.raw("FANOUT_REDIS_URL", DEFAULT_REDIS_URL)
@@ -182,5 +198,8 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
         drain_s=env.number("FANOUT_DRAIN_S", 20.0, 0.0, 3600.0),
         consumer_name=name,
         metrics_port=env.integer("FANOUT_METRICS_PORT", 9100, 0, 65535),
+        rate_limit=env.integer("FANOUT_RATE_LIMIT", DEFAULT_RATE_LIMIT, 0, 1_000_000),
+        page_rate_limits=env.rates("FANOUT_PAGE_RATE_LIMITS"),
+        rate_burst_ms=env.integer("FANOUT_RATE_BURST_MS", 50, 1, 1000),
         log_level=env.log_level(),
     )

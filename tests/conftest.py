@@ -153,6 +153,7 @@ class Stack:
             "FANOUT_SHARDS": "2",
             "FANOUT_METRICS_PORT": "0",
             "FANOUT_CLAIM_IDLE_MS": "1500",
+            "FANOUT_RATE_LIMIT": "0",  # unlimited unless a test is about rate limits
             "FANOUT_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }

@@ -60,15 +60,14 @@ def test_begin_marks_attempted_once_and_reports_in_doubt(
     async def twice(
         client: Redis, scripts: Scripts
     ) -> tuple[ledger.Begun, ledger.Begun, ledger.Begun]:
-        first = await ledger.begin(scripts, k, 0, 10, True)
-        second = await ledger.begin(scripts, k, 0, 10, False)
-        third = await ledger.begin(scripts, k, 0, 10, False)
+        first = await ledger.begin(scripts, k, 0, 10)
+        second = await ledger.begin(scripts, k, 0, 10)
+        third = await ledger.begin(scripts, k, 0, 10)
         return first, second, third
 
     first, second, third = run(redis_server, twice)
     assert first.status == "running" and first.states == "0" * 10
-    assert first.fields == ledger.JobFields("1", "hi", "UPDATE", None)
-    assert second.states == "2" * 10 and second.fields is None
+    assert second.states == "2" * 10
     assert third.states == "2" * 10
     assert r.hget(k.hash, "indoubt") == b"10"  # counted once, however often it is redelivered
     assert r.hget(k.hash, "status") == b"running"
@@ -82,7 +81,7 @@ def test_finish_twice_counts_and_releases_once(redis_server: RedisServer, r: red
     )
 
     async def twice(client: Redis, scripts: Scripts) -> tuple[ledger.Finished, ledger.Finished]:
-        await ledger.begin(scripts, k, 0, 10, False)
+        await ledger.begin(scripts, k, 0, 10)
         a = await ledger.finish(scripts, k, entry, outcome)
         b = await ledger.finish(scripts, k, entry, outcome)
         return a, b
@@ -103,7 +102,7 @@ def test_job_completes_when_counts_reach_total(redis_server: RedisServer, r: red
     entry = read_one(r, k)
 
     async def go(client: Redis, scripts: Scripts) -> ledger.Finished:
-        await ledger.begin(scripts, k, 0, 10, False)
+        await ledger.begin(scripts, k, 0, 10)
         return await ledger.finish(scripts, k, entry, Outcome(list(range(10)), [], [3]))
 
     done = run(redis_server, go)

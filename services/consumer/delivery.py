@@ -1,17 +1,28 @@
 """Sending: a fixed pool of sender coroutines fed one recipient at a time from a queue.
 
-A chunk (``ChunkWork``) puts its unfinished recipients on the queue and waits for ``done``;
-each sender POSTs one, classifies the answer, and records it on the chunk. Transient failures
-go back on the queue after a full-jitter backoff (the slot is free meanwhile); the retry budget
-bounds them, after which the recipient fails with the last code.
+A chunk (``ChunkWork``) puts its unfinished recipients on the queue, a permit batch at a
+time, and waits for ``done``; each sender POSTs one, classifies the answer and records it on
+the chunk. What happens next is the verdict's:
+
+  sent        recorded
+  retry       back on the queue after full-jitter backoff and a fresh permit, until the
+              retry budget (FANOUT_MAX_ATTEMPTS) is spent; then failed with the last code
+  throttled   the page cools down fleet-wide, and the recipient is retried the same way
+              (throttles have a larger budget of their own: they are not the recipient's fault)
+  fatal       the recipient fails and the job is stopped; queued recipients of a stopped job
+              are dropped (they end skipped)
+  failed      recorded with the provider's code and subcode
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
+
+from services.consumer.limiter import PageLimiter
 from shared import metrics
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
@@ -20,15 +31,31 @@ from shared.provider import Head, MessengerClient
 
 log = logging.getLogger("fanout.consumer")
 
+_THROTTLE_BUDGET = 50  # attempts per recipient while the provider keeps saying "slow down"
+_SENT = metrics.MESSAGES.labels("sent", "")
+
 
 class JobSpec:
     """What every message of one job shares, the Send API body pre-split around the PSID."""
 
-    __slots__ = ("_prefix", "_suffix", "head", "page_id")
+    __slots__ = ("_prefix", "_suffix", "head", "job_id", "keys", "limiter", "page_id", "stopped")
 
-    def __init__(self, page_id: str, head: Head, text: str, messaging_type: str, tag: str | None):
+    def __init__(
+        self,
+        keys: JobKeys,
+        page_id: str,
+        head: Head,
+        limiter: PageLimiter,
+        text: str,
+        messaging_type: str,
+        tag: str | None,
+    ) -> None:
+        self.keys = keys
+        self.job_id = keys.job_id
         self.page_id = page_id
         self.head = head  # the framed request head, page token included: memory only
+        self.limiter = limiter
+        self.stopped = False  # the job was stopped: send nothing more for it
         rest = {"message": {"text": text}, "messaging_type": messaging_type}
         if tag:
             rest["tag"] = tag
@@ -43,19 +70,16 @@ class JobSpec:
 class ChunkWork:
     """One chunk in progress: what is left, what each recipient came to."""
 
-    def __init__(
-        self, entry_id: bytes, chunk: Chunk, keys: JobKeys, spec: JobSpec | None, payload: bytes
-    ) -> None:
+    def __init__(self, entry_id: bytes, chunk: Chunk, spec: JobSpec) -> None:
         self.entry_id = entry_id
         self.chunk = chunk
-        self.keys = keys
         self.spec = spec
-        self.payload = payload
         self.sent: list[int] = []
         self.failed: list[Failure] = []
         self.doubtful: list[int] = []
         self.attempts: dict[int, int] = {}
-        self.remaining = 0
+        self.unsubmitted = len(chunk.ids)
+        self.remaining = 0  # submitted and not yet settled
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def outcome(self) -> Outcome:
@@ -75,6 +99,11 @@ class ChunkWork:
 
     def settle(self) -> None:
         self.remaining -= 1
+        if self.remaining == 0 and self.unsubmitted == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def all_submitted(self) -> None:
+        self.unsubmitted = 0
         if self.remaining == 0 and not self.done.done():
             self.done.set_result(None)
 
@@ -83,25 +112,30 @@ Item = tuple[ChunkWork, int]
 
 
 class Senders:
-    def __init__(self, client: MessengerClient, concurrency: int, max_attempts: int) -> None:
+    def __init__(
+        self,
+        client: MessengerClient,
+        concurrency: int,
+        max_attempts: int,
+        on_fatal: Callable[[JobSpec, Decision], None],
+    ) -> None:
         self.client = client
         self.max_attempts = max_attempts
+        self.on_fatal = on_fatal
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._run()) for _ in range(concurrency)]
-        self._later: Callable[[float, Item], None] = self._put_later
+        self._retries: set[asyncio.Task[None]] = set()
 
-    def submit(self, work: ChunkWork, indexes: list[int]) -> None:
-        work.remaining = len(indexes)
+    def submit(self, work: ChunkWork, indexes: list[int], taken: int) -> None:
+        work.unsubmitted -= taken
+        work.remaining += len(indexes)
         for index in indexes:
             self.queue.put_nowait((work, index))
 
-    def _put_later(self, delay: float, item: Item) -> None:
-        asyncio.get_running_loop().call_later(delay, self.queue.put_nowait, item)
-
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._retries]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._retries, return_exceptions=True)
 
     async def _run(self) -> None:
         queue = self.queue
@@ -109,11 +143,13 @@ class Senders:
             work, index = await queue.get()
             if work.done.done():  # the chunk was abandoned at shutdown
                 continue
+            if work.spec.stopped:
+                work.settle()  # never sent: counted skipped when the job's chunks are all in
+                continue
             await self._send_one(work, index)
 
     async def _send_one(self, work: ChunkWork, index: int) -> None:
         spec = work.spec
-        assert spec is not None
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
         metrics.IN_FLIGHT.inc()
@@ -126,18 +162,51 @@ class Senders:
         verdict = decision.verdict
         if verdict == "sent":
             work.sent.append(work.chunk.start + index)
-            metrics.MESSAGES.labels("sent", "").inc()
+            _SENT.inc()
             work.settle()
             return
-        if verdict in ("retry", "throttled") and attempt < self.max_attempts:
-            if verdict == "throttled":
-                metrics.RATE_LIMITED.inc()
+        if verdict == "throttled" and attempt < _THROTTLE_BUDGET:
+            metrics.RATE_LIMITED.inc()
+            self._later(work, index, self._cool_down(spec, decision))
+            return
+        if verdict == "retry" and attempt < self.max_attempts:
             if result.maybe_delivered:
                 # The request went out but no answer came: a resend may duplicate it.
                 work.doubtful.append(work.chunk.start + index)
             metrics.RETRIES.inc()
-            self._later(backoff(attempt, retry_after=decision.retry_after), (work, index))
+            self._later(work, index, asyncio.sleep(backoff(attempt)))
             return
         work.fail(index, decision, attempt)
         metrics.MESSAGES.labels("failed", decision.code).inc()
+        if verdict == "fatal":
+            self.on_fatal(spec, decision)
         work.settle()
+
+    async def _cool_down(self, spec: JobSpec, decision: Decision) -> None:
+        pause_s = await spec.limiter.cool_down(decision.retry_after)
+        log.warning(
+            "provider throttled the page; pausing it fleet-wide",
+            extra={"job_id": spec.job_id, "code": decision.code, "pause_s": pause_s},
+        )
+
+    def _later(self, work: ChunkWork, index: int, wait: Awaitable[None]) -> None:
+        """Re-queue after ``wait`` and a fresh permit; the sender's slot is free meanwhile."""
+
+        async def again() -> None:
+            try:
+                await wait
+            except (RedisError, OSError) as exc:
+                log.warning("cool-down not recorded", extra={"error": str(exc)})
+            while True:
+                try:
+                    await work.spec.limiter.take(1)
+                    break
+                except (RedisError, OSError) as exc:
+                    # Fail closed: no permit, no send. Redis will be back.
+                    log.warning("no permit: Redis unavailable", extra={"error": str(exc)})
+                    await asyncio.sleep(1)
+            self.queue.put_nowait((work, index))
+
+        task = asyncio.create_task(again())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)

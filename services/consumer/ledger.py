@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import msgspec
 from redis.asyncio import Redis
 
@@ -24,7 +26,6 @@ class JobFields(msgspec.Struct, frozen=True):
 class Begun(msgspec.Struct, frozen=True):
     status: str  # the job's status, or "missing" when the job no longer exists
     states: str  # per recipient: FRESH, FINISHED or IN_DOUBT (empty unless pending/running)
-    fields: JobFields | None
 
 
 class Finished(msgspec.Struct, frozen=True):
@@ -39,18 +40,25 @@ def _text(value: bytes | None) -> str:
     return value.decode() if value else ""
 
 
-async def begin(
-    scripts: Scripts, k: keys.JobKeys, start: int, count: int, want_fields: bool
-) -> Begun:
+async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
+    """What every message of the job shares; None when the job no longer exists."""
+    values = await redis.hmget(k.hash, ["page_id", "text", "messaging_type", "tag"])
+    page_id, text, messaging_type, tag = cast(list[bytes | None], values)
+    if page_id is None:
+        return None
+    return JobFields(_text(page_id), _text(text), _text(messaging_type), _text(tag) or None)
+
+
+async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Begun:
     reply = await scripts.begin_chunk(
-        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt],
-        args=[start, count, "1" if want_fields else "0"],
+        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt], args=[start, count]
     )
-    fields = None
-    if len(reply) > 2:
-        page_id, text, messaging_type, tag = (_text(v) for v in reply[2])
-        fields = JobFields(page_id, text, messaging_type, tag or None)
-    return Begun(_text(reply[0]), _text(reply[1]), fields)
+    return Begun(_text(reply[0]), _text(reply[1]))
+
+
+async def stop_job(scripts: Scripts, k: keys.JobKeys, status: str, reason: str) -> bool:
+    """Fail or cancel a job fleet-wide; False when it had already ended."""
+    return bool(await scripts.fail_job(keys=[k.hash, k.backlog], args=[status, reason]))
 
 
 async def finish(

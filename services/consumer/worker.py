@@ -20,6 +20,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from services.consumer import ledger
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
+from services.consumer.limiter import Limiters
 from shared import keys, metrics
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
@@ -37,13 +38,24 @@ _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configur
 class Held:
     """A chunk entry this consumer holds, from read (or reclaim) until finished."""
 
-    __slots__ = ("entry_id", "recipients", "shard", "task")
+    __slots__ = ("entry_id", "recipients", "shard", "task", "waiting", "work")
 
     def __init__(self, shard: int, entry_id: bytes, recipients: int) -> None:
         self.shard = shard
         self.entry_id = entry_id
         self.recipients = recipients
         self.task: asyncio.Task[None] | None = None
+        self.work: ChunkWork | None = None
+        self.waiting = False  # for its page's permits
+
+    def reserved(self) -> int:
+        """Sender capacity this chunk claims: what it has in flight or queued, plus what it is
+        about to submit unless it is waiting for permits. A chunk held back by its page's
+        rate limit so claims almost nothing, and never keeps other pages' chunks out."""
+        work = self.work
+        if work is None:
+            return self.recipients
+        return work.remaining + (0 if self.waiting else work.unsubmitted)
 
 
 class Consumer:
@@ -65,6 +77,11 @@ class Consumer:
         self._room = asyncio.Event()
         self._specs: dict[str, JobSpec] = {}
         self._chunk_size_seen = 100
+        self._max_held = max(8, 4 * settings.concurrency // 100)
+        self._limiters = Limiters(
+            self.scripts, settings.rate_limit, settings.page_rate_limits, settings.rate_burst_ms
+        )
+        self._stopping_jobs: set[asyncio.Task[bool]] = set()
         self._senders: Senders | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -72,7 +89,9 @@ class Consumer:
     async def run(self) -> None:
         from services.consumer.reclaim import Upkeep  # a cycle otherwise: upkeep drives us
 
-        self._senders = Senders(self.client, self.settings.concurrency, self.settings.max_attempts)
+        self._senders = Senders(
+            self.client, self.settings.concurrency, self.settings.max_attempts, self._stop_job
+        )
         await self._join_groups()
         upkeep = Upkeep(self)
         upkeep_task = asyncio.create_task(upkeep.run())
@@ -133,12 +152,15 @@ class Consumer:
     # --- reading --------------------------------------------------------------------------
 
     def free_recipients(self) -> int:
-        return self.settings.concurrency - sum(h.recipients for h in self.held.values())
+        return self.settings.concurrency - sum(h.reserved() for h in self.held.values())
 
     def room_for(self) -> int:
-        """How many more chunks to take now: at least one when holding nothing."""
+        """How many more chunks to take now: at least one when holding nothing, and never more
+        than a bounded number held (chunks waiting for permits claim no capacity)."""
         if not self.held:
             return max(1, self.free_recipients() // self._chunk_size_seen)
+        if len(self.held) >= self._max_held:
+            return 0
         return max(0, self.free_recipients() // self._chunk_size_seen)
 
     async def _read_loop(self) -> None:
@@ -210,39 +232,93 @@ class Consumer:
             self._room.set()
 
     async def _deliver(self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes) -> None:
-        spec = self._specs.get(chunk.job)
-        begun = await ledger.begin(self.scripts, k, chunk.start, len(chunk.ids), spec is None)
-        if spec is None and begun.fields is not None:
-            spec = self._spec_for(chunk.job, begun.fields)
-        work = ChunkWork(held.entry_id, chunk, k, spec, payload)
-        todo = [i for i, state in enumerate(begun.states) if state != ledger.FINISHED]
-        if todo and spec is None:
-            for i in todo:
-                work.fail(i, _NO_TOKEN, 0)
-            metrics.MESSAGES.labels("failed", _NO_TOKEN.code).inc(len(todo))
-        elif todo:
-            assert self._senders is not None
-            self._senders.submit(work, todo)
+        spec = await self._spec(k)
+        if spec is None:  # the job is gone, or its page has no token here
+            outcome = await self._unsendable(chunk, k)
+        else:
+            work = ChunkWork(held.entry_id, chunk, spec)
+            held.work = work
+            await self._submit(held, work)
             await work.done
+            outcome = work.outcome()
         # Shielded: a cancellation must not leave the chunk half-recorded.
-        finished = await asyncio.shield(
-            ledger.finish(self.scripts, k, held.entry_id, work.outcome())
-        )
+        finished = await asyncio.shield(ledger.finish(self.scripts, k, held.entry_id, outcome))
         metrics.CHUNKS.labels("finished" if finished.acked else "already_acked").inc()
         if finished.status == "completed" and finished.acked:
             log.info("job completed", extra={"job_id": chunk.job, "shard": k.shard})
 
-    def _spec_for(self, job_id: str, fields: ledger.JobFields) -> JobSpec | None:
+    async def _submit(self, held: Held, work: ChunkWork) -> None:
+        """Hand the chunk's recipients to the senders a permit batch at a time, marking each
+        batch attempted just before; stop early if the job was stopped."""
+        assert self._senders is not None
+        chunk, spec = work.chunk, work.spec
+        offset = 0
+        while offset < len(chunk.ids) and not spec.stopped:
+            held.waiting = True
+            self._room.set()  # waiting frees capacity for other pages' chunks
+            try:
+                taken = await spec.limiter.take(len(chunk.ids) - offset)
+            finally:
+                held.waiting = False
+            begun = await ledger.begin(self.scripts, spec.keys, chunk.start + offset, taken)
+            if begun.status not in ("pending", "running"):
+                break  # stopped, completed or gone: nothing more to send
+            todo = [offset + i for i, s in enumerate(begun.states) if s != ledger.FINISHED]
+            self._senders.submit(work, todo, taken)
+            offset += taken
+        work.all_submitted()
+
+    async def _spec(self, k: keys.JobKeys) -> JobSpec | None:
+        spec = self._specs.get(k.job_id)
+        if spec is not None:
+            return spec
+        fields = await ledger.fields(self.redis, k)
+        if fields is None:
+            return None
         token = self.settings.page_tokens.get(fields.page_id)
         if token is None:
-            log.error("no page token for the job's page", extra={"job_id": job_id})
+            log.error("no page token for the job's page", extra={"job_id": k.job_id})
             return None
         if len(self._specs) >= _SPEC_CACHE_MAX:
             self._specs.clear()
-        head = self.client.head(token.reveal())
-        spec = JobSpec(fields.page_id, head, fields.text, fields.messaging_type, fields.tag)
-        self._specs[job_id] = spec
+        spec = JobSpec(
+            k,
+            fields.page_id,
+            self.client.head(token.reveal()),
+            self._limiters.for_page(fields.page_id),
+            fields.text,
+            fields.messaging_type,
+            fields.tag,
+        )
+        self._specs[k.job_id] = spec
         return spec
+
+    async def _unsendable(self, chunk: Chunk, k: keys.JobKeys) -> Outcome:
+        """A chunk whose job is gone (finish only settles it) or whose page has no token here
+        (its unfinished recipients fail with page_token_missing)."""
+        begun = await ledger.begin(self.scripts, k, chunk.start, len(chunk.ids))
+        failures = [
+            Failure(chunk.start + i, chunk.ids[i], _NO_TOKEN.code, "", _NO_TOKEN.message, 0)
+            for i, state in enumerate(begun.states)
+            if state != ledger.FINISHED
+        ]
+        if failures:
+            metrics.MESSAGES.labels("failed", _NO_TOKEN.code).inc(len(failures))
+        return Outcome([], failures, [])
+
+    def _stop_job(self, spec: JobSpec, decision: Decision) -> None:
+        """A fatal answer (the page's token is invalid): stop the job fleet-wide, once."""
+        if spec.stopped:
+            return
+        spec.stopped = True
+        reason = f"provider error {decision.code}"
+        if decision.subcode:
+            reason += f"/{decision.subcode}"
+        reason = f"{reason}: {decision.message}"[:300]
+        log.error("stopping job", extra={"job_id": spec.job_id, "reason": reason})
+        task = asyncio.create_task(ledger.stop_job(self.scripts, spec.keys, "failed", reason))
+        self._stopping_jobs.add(task)
+        task.add_done_callback(self._stopping_jobs.discard)
 
     async def _dead_letter(
         self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes, deliveries: int

@@ -4,7 +4,7 @@
 --   '0' fresh (send it), '1' finished (skip it), '2' attempted before but unfinished: in doubt,
 --   the earlier holder may or may not have reached the provider (resend, and count it once).
 -- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt
--- ARGV: 1 start position, 2 count, 3 '1' to also return the job's message fields
+-- ARGV: 1 start position, 2 count
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing', ''}
 end
@@ -36,8 +36,4 @@ if status == 'pending' or status == 'running' then
     status = 'running'
   end
 end
-local out = {status, table.concat(states)}
-if ARGV[3] == '1' then
-  out[3] = redis.call('HMGET', KEYS[1], 'page_id', 'text', 'messaging_type', 'tag')
-end
-return out
+return {status, table.concat(states)}

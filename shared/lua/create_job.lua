@@ -24,5 +24,6 @@ for _ = 1, tonumber(ARGV[2]) do
   redis.call('XADD', KEYS[3], '*', 'c', chunk)
   released = released + 1
 end
+redis.call('HSET', KEYS[1], 'released', released, 'acked', 0)
 redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
 return released

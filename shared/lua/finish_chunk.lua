@@ -42,6 +42,7 @@ local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
 local released = 0
 if acked == 1 then
   redis.call('XDEL', KEYS[5], ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'acked', 1)
   if ARGV[4] ~= '' then
     redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'c', ARGV[5], 'reason', ARGV[4])
   end
@@ -50,18 +51,25 @@ if acked == 1 then
     local chunk = redis.call('LPOP', KEYS[6])
     if chunk then
       redis.call('XADD', KEYS[5], '*', 'c', chunk)
+      redis.call('HINCRBY', KEYS[1], 'released', 1)
       released = 1
     end
   end
 end
 
-local h = redis.call('HMGET', KEYS[1], 'status', 'total', 'sent', 'failed', 'skipped')
+local h = redis.call('HMGET', KEYS[1], 'status', 'total', 'sent', 'failed', 'skipped',
+  'released', 'acked', 'finished_at')
 local status = h[1]
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 if (status == 'pending' or status == 'running')
     and tonumber(h[3]) + tonumber(h[4]) + tonumber(h[5]) >= tonumber(h[2]) then
-  local t = redis.call('TIME')
-  redis.call('HSET', KEYS[1], 'status', 'completed',
-    'finished_at', t[1] * 1000 + math.floor(t[2] / 1000))
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now_ms)
   status = 'completed'
+elseif (status == 'failed' or status == 'cancelled') and not h[8]
+    and tonumber(h[6]) == tonumber(h[7]) then
+  -- The last chunk in flight of a stopped job: whoever was not reached is skipped.
+  redis.call('HSET', KEYS[1], 'skipped', tonumber(h[2]) - tonumber(h[3]) - tonumber(h[4]),
+    'finished_at', now_ms)
 end
 return {sent, failed, acked, released, status}
