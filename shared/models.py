@@ -65,6 +65,20 @@ class JobView(msgspec.Struct, kw_only=True):
     tag: str | None
     metadata: dict[str, Any] | None
     error_codes: dict[str, int]
+    reason: str | None  # why a job ended failed or cancelled
+
+
+class ErrorItem(msgspec.Struct, kw_only=True):
+    recipient: str
+    code: str
+    subcode: str | None
+    message: str
+    attempts: int
+
+
+class ErrorPage(msgspec.Struct, kw_only=True):
+    items: list[ErrorItem]
+    next: str | None  # pass as ?after= for the next page; null at the end
 
 
 class ErrorBody(msgspec.Struct):

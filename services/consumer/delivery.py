@@ -184,6 +184,8 @@ class Senders:
 
     async def _cool_down(self, spec: JobSpec, decision: Decision) -> None:
         pause_s = await spec.limiter.cool_down(decision.retry_after)
+        if pause_s is None:
+            return
         log.warning(
             "provider throttled the page; pausing it fleet-wide",
             extra={"job_id": spec.job_id, "code": decision.code, "pause_s": pause_s},

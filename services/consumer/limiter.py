@@ -26,20 +26,30 @@ class PageLimiter:
         self.scripts = scripts
         self.key = keys.rate(page_id)
         self.rate = rate
-        self.burst_ms = burst_ms
+        self.burst_s = burst_ms / 1000
         self.batch = max(1, rate * burst_ms // 1000)
         self.in_hand = 0
+        self.paused_until = 0.0  # loop time; a cool-down this consumer already knows of
+        self.unlimited_until = 0.0  # an unlimited page asks Redis about cool-downs this often
         self._lock = asyncio.Lock()
 
     async def take(self, wanted: int) -> int:
         """Wait until at least one permit is ours; returns how many (1..wanted) were taken."""
-        if self.rate == 0:
-            return wanted
+        loop = asyncio.get_running_loop()
         async with self._lock:  # FIFO: chunks of one page take turns
             while self.in_hand == 0:
+                now = loop.time()
+                if now < self.paused_until:
+                    await asyncio.sleep(self.paused_until - now)
+                    continue
+                if self.rate == 0 and now < self.unlimited_until:
+                    return wanted
                 granted, wait_ms = await self.scripts.take_permits(
-                    keys=[self.key], args=[self.rate, self.burst_ms, max(wanted, self.batch)]
+                    keys=[self.key], args=[self.rate, self.burst_s * 1000, max(wanted, self.batch)]
                 )
+                if self.rate == 0 and granted:
+                    self.unlimited_until = loop.time() + self.burst_s
+                    return wanted
                 if granted:
                     self.in_hand = int(granted)
                 else:
@@ -49,14 +59,22 @@ class PageLimiter:
             self.in_hand -= taken
             return taken
 
-    async def cool_down(self, hint_s: float | None) -> float:
-        """Pause the page fleet-wide; returns the seconds left in the pause."""
+    async def cool_down(self, hint_s: float | None) -> float | None:
+        """Pause the page fleet-wide. Returns the new pause's seconds, or None when this
+        consumer already knew of a pause in force (answers to requests sent before it)."""
+        loop = asyncio.get_running_loop()
         self.in_hand = 0
+        self.unlimited_until = 0.0
+        if loop.time() < self.paused_until:
+            return None
         hint_ms = int((hint_s or 0) * 1000)
-        left_ms = await self.scripts.cool_down(
-            keys=[self.key], args=[hint_ms, _COOL_BASE_MS, _COOL_CAP_MS]
+        left_ms = int(
+            await self.scripts.cool_down(
+                keys=[self.key], args=[hint_ms, _COOL_BASE_MS, _COOL_CAP_MS]
+            )
         )
-        return int(left_ms) / 1000
+        self.paused_until = loop.time() + left_ms / 1000
+        return left_ms / 1000
 
 
 class Limiters:

@@ -192,6 +192,35 @@ async def get_job(request: Request) -> Response:
     return json_response(view)
 
 
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+
+def _limit(request: Request, default: int, most: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise ApiError(
+            422, "invalid_field", f"limit must be a whole number from 1 to {most}", "limit"
+        )
+    return int(raw)
+
+
+async def get_errors(request: Request) -> Response:
+    state = _state(request)
+    tenant = authenticate(request)
+    job_id = request.path_params["job_id"]
+    if await jobs.read(state.redis, job_id, tenant) is None:
+        raise ApiError(404, "not_found", "no such job")
+    after = request.query_params.get("after")
+    if after is not None and not _STREAM_ID.match(after):
+        raise ApiError(
+            422, "invalid_field", "after must be a `next` value from a previous page", "after"
+        )
+    limit = _limit(request, 100, 1000)
+    return json_response(await jobs.errors(state.redis, job_id, after, limit))
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -240,6 +269,7 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         routes=[
             Route("/v1/jobs", submit_job, methods=["POST"]),
             Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+            Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],

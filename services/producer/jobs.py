@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.models import (
     Chunk,
+    ErrorItem,
+    ErrorPage,
     JobRequest,
     JobStatusName,
     JobView,
@@ -113,4 +115,24 @@ async def read(redis: Redis, job_id: str, tenant: str) -> JobView | None:
         tag=h["tag"].decode() or None,
         metadata=msgspec.json.decode(h["metadata"]) if h.get("metadata") else None,
         error_codes={k[5:]: int(v) for k, v in h.items() if k.startswith("code:")},
+        reason=h["reason"].decode() if h.get("reason") else None,
     )
+
+
+async def errors(redis: Redis, job_id: str, after: str | None, limit: int) -> ErrorPage:
+    """One page of the job's failure records, oldest first."""
+    start = f"({after}" if after else "-"
+    raw = await redis.xrange(keys.JobKeys.of(job_id).errors, start, "+", count=limit)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
+    items = [
+        ErrorItem(
+            recipient=f[b"recipient"].decode(),
+            code=f[b"code"].decode(),
+            subcode=f[b"subcode"].decode() or None,
+            message=f[b"message"].decode(),
+            attempts=int(f[b"attempts"]),
+        )
+        for _, f in entries
+    ]
+    more = len(entries) == limit
+    return ErrorPage(items=items, next=entries[-1][0].decode() if more else None)
