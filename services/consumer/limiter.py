@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 
 from shared import keys
 from shared.scripts import Scripts
@@ -45,16 +44,14 @@ class PageLimiter:
                 if self.rate == 0 and now < self.unlimited_until:
                     return wanted
                 granted, wait_ms = await self.scripts.take_permits(
-                    keys=[self.key], args=[self.rate, self.burst_s * 1000, max(wanted, self.batch)]
+                    keys=[self.key], args=[self.rate, self.burst_s * 1000, self.batch]
                 )
                 if self.rate == 0 and granted:
                     self.unlimited_until = loop.time() + self.burst_s
                     return wanted
-                if granted:
-                    self.in_hand = int(granted)
-                else:
-                    # A little jitter so the fleet does not ask again in lockstep.
-                    await asyncio.sleep(int(wait_ms) / 1000 * (1 + random.random() * 0.1))
+                if int(wait_ms):
+                    await asyncio.sleep(int(wait_ms) / 1000)
+                self.in_hand = int(granted)
             taken = min(wanted, self.in_hand)
             self.in_hand -= taken
             return taken

@@ -1,11 +1,14 @@
 -- Fleet-wide send permits for one page: GCRA on the server's clock, plus the page's cool-down.
--- Grants up to ARGV[3] permits at once, but never lets the theoretical arrival time run more
--- than the burst tolerance ahead of now, so in any window of W ms the fleet is granted at
--- most rate * W / 1000 + burst permits. (After go-redis/redis_rate's GCRA, BSD licence.)
+-- A call reserves the next batch of permits and says when they become valid: the caller waits
+-- that long, then uses them. So each batch costs one call and no caller is ever refused and
+-- left to poll. A permit is valid once its theoretical arrival time is within the burst
+-- tolerance of now, so in any window of W ms the fleet sends at most rate * W / 1000 + burst
+-- permits. (GCRA as in go-redis/redis_rate, BSD licence.)
 -- KEYS: 1 fanout:rate:{page}
 -- ARGV: 1 rate (permits per second; 0: no limit, only the cool-down), 2 burst tolerance ms,
 --       3 permits wanted
--- Returns {granted, wait ms}: granted 0 means wait that long and ask again.
+-- Returns {granted, wait ms}: the permits are valid after wait ms; granted 0 means the page
+-- is cooling down: ask again after wait ms.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
 local state = redis.call('HMGET', KEYS[1], 'tat', 'pause_until')
@@ -20,12 +23,8 @@ local interval = 1000 / tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tat = tonumber(state[1] or '0')
 if tat < now then tat = now end
-local room = math.floor((now + burst - tat) / interval)
-if room < 1 then
-  return {0, math.ceil(tat + interval - now - burst)}
-end
-local granted = math.min(room, tonumber(ARGV[3]))
+local granted = tonumber(ARGV[3])
 tat = tat + granted * interval
 redis.call('HSET', KEYS[1], 'tat', tostring(tat))
 redis.call('PEXPIRE', KEYS[1], math.ceil(tat - now) + 3600000)
-return {granted, 0}
+return {granted, math.max(0, math.ceil(tat - burst - now))}
