@@ -158,6 +158,8 @@ def main() -> int:
         "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
         "FANOUT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
         "FANOUT_CONCURRENCY": str(args.concurrency),
+        # The queue's own speed: no page limit (Meta's 300/s would make this a rate test).
+        "FANOUT_RATE_LIMIT": "0",
         "FANOUT_METRICS_PORT": "0",
         "FANOUT_LOG_LEVEL": "WARNING",
     }
