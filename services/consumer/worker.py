@@ -77,7 +77,9 @@ class Consumer:
         self._room = asyncio.Event()
         self._specs: dict[str, JobSpec] = {}
         self._chunk_size_seen = 100
-        self._max_held = max(8, 4 * settings.concurrency // 100)
+        # Chunks waiting for their page's permits claim no capacity but still count here: a
+        # generous bound, so many throttled jobs cannot shut out the rest, yet no hoarding.
+        self._max_held = settings.concurrency // 100 + 64
         self._limiters = Limiters(
             self.scripts, settings.rate_limit, settings.page_rate_limits, settings.rate_burst_ms
         )
@@ -228,6 +230,8 @@ class Consumer:
         except Exception:
             log.exception("chunk failed unexpectedly", extra={"entry": held.entry_id.decode()})
         finally:
+            if held.work is not None and not held.work.done.done():
+                held.work.done.set_result(None)  # abandoned: senders drop what is queued
             self.held.pop(held.entry_id, None)
             self._room.set()
 
