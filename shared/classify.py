@@ -5,7 +5,8 @@ Codes from Meta's Send API error reference and Graph API error handling guide:
   transient     1, 2 (unexpected; 2 may also mean the person blocked the page: the retry
                 budget bounds it), 1200 (temporary send failure), is_transient, HTTP 5xx,
                 timeouts and connection resets -> retry with backoff, then failed
-  fatal         190 (token invalid or expired) -> the job cannot go on
+  fatal         190 (token invalid or expired), 100/33 (the page no longer exists) -> the
+                job cannot go on
   otherwise     551 (person unavailable), 10 (outside the messaging window), 100 (bad
                 parameter, e.g. no such PSID), 200/230 (permissions), 368 (blocked for
                 policy) ... -> failed at once with the provider's code and subcode
@@ -25,6 +26,7 @@ Verdict = Literal["sent", "retry", "throttled", "failed", "fatal"]
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613})
 TRANSIENT_CODES = frozenset({1, 2, 1200})
 FATAL_CODES = frozenset({190})
+FATAL_PAIRS = frozenset({(100, 33)})
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -57,7 +59,7 @@ def classify(result: SendResult) -> Decision:
     subcode = "" if error.error_subcode is None else str(error.error_subcode)
     if error.code in RATE_LIMIT_CODES or result.status == 429:
         return Decision("throttled", code, subcode, error.message, result.retry_after)
-    if error.code in FATAL_CODES:
+    if error.code in FATAL_CODES or (error.code, error.error_subcode) in FATAL_PAIRS:
         return Decision("fatal", code, subcode, error.message)
     if error.code in TRANSIENT_CODES or error.is_transient or result.status >= 500:
         return Decision("retry", code, subcode, error.message, result.retry_after)

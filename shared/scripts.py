@@ -13,7 +13,7 @@ from redis.commands.core import AsyncScript
 
 
 def _source(name: str) -> str:
-    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return (resources.files("shared") / "lua" / f"{name}.lua").read_text("utf-8")
 
 
 class Scripts:

@@ -10,7 +10,7 @@ from shared import keys
 from shared.classify import backoff, classify
 from shared.logs import JsonFormatter
 from shared.models import GraphAnswer, GraphError
-from shared.provider import SendResult, parse_retry_after
+from shared.provider import SendResult, parse_retry_after, regain_access_s
 from shared.settings import Secret, SettingsError, consumer_settings, producer_settings
 
 
@@ -40,6 +40,7 @@ def answer(
         (answer(400, 9999, is_transient=True), "retry", "9999", ""),
         (answer(503, 9999), "retry", "9999", ""),
         (answer(400, 190, 463), "fatal", "190", "463"),
+        (answer(400, 100, 33), "fatal", "100", "33"),
         (answer(400, 551, 1545041), "failed", "551", "1545041"),
         (answer(400, 10, 2018278), "failed", "10", "2018278"),
         (answer(400, 100, 2018001), "failed", "100", "2018001"),
@@ -65,6 +66,19 @@ def test_backoff_is_full_jitter_capped_and_retry_after_wins() -> None:
     assert backoff(5, rand=lambda: 0.0) == 0.0
     assert backoff(1, rand=lambda: 0.5, retry_after=12) == 12
     assert backoff(1, rand=lambda: 0.5, retry_after=10**6) == 900
+
+
+def test_usage_header_gives_the_time_to_regain_access() -> None:
+    header = (
+        b'{"123": [{"type": "messenger", "call_count": 100, "estimated_time_to_regain_access": 2}]}'
+    )
+    assert regain_access_s(header) == 120
+    assert (
+        regain_access_s(b'{"1": [{"call_count": 40, "estimated_time_to_regain_access": 0}]}')
+        is None
+    )
+    assert regain_access_s(b"not json") is None
+    assert regain_access_s(None) is None
 
 
 def test_retry_after_parsing() -> None:
