@@ -24,8 +24,15 @@ def dead_stream(shard: int) -> str:
     return f"fanout:{{{shard}}}:dead"
 
 
-def tenant_jobs(tenant: str) -> str:
-    return f"fanout:tenant:{tenant}:jobs"
+def tenant_jobs(tenant: str, shard: int) -> str:
+    """The tenant's jobs on one shard, by creation time (per shard, so a job's creation
+    touches one slot; listing merges the shards)."""
+    return f"fanout:{{{shard}}}:tenant:{tenant}:jobs"
+
+
+def job_stats(shard: int) -> str:
+    """How many of the shard's jobs are in each status (for the fanout_jobs gauge)."""
+    return f"fanout:{{{shard}}}:jobstats"
 
 
 def rate(page_id: str) -> str:
@@ -52,6 +59,7 @@ class JobKeys(msgspec.Struct, frozen=True):
     failed: str
     indoubt: str
     errors: str  # capped stream of failure records
+    stats: str  # the shard's job counts by status
     work: str  # the shard's work stream
     dead: str  # the shard's dead-letter stream
 
@@ -71,6 +79,7 @@ class JobKeys(msgspec.Struct, frozen=True):
             failed=f"{base}:failed",
             indoubt=f"{base}:indoubt",
             errors=f"{base}:errors",
+            stats=job_stats(shard),
             work=work_stream(shard),
             dead=dead_stream(shard),
         )

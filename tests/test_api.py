@@ -68,7 +68,7 @@ def test_submit_answers_202_and_writes_backlog_and_window(
     assert r.xlen(k.work) == 2
     assert r.llen(k.backlog) == 1
     assert r.ttl(k.backlog) == -1  # committed: the safety expiry is gone
-    assert r.zscore(keys.tenant_jobs("acme"), body["job_id"]) is not None
+    assert r.zscore(keys.tenant_jobs("acme", k.shard), body["job_id"]) is not None
 
     status = client.get(body["status_url"], headers=AUTH)
     assert status.status_code == 200

@@ -51,14 +51,14 @@ async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
 
 async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Begun:
     reply = await scripts.begin_chunk(
-        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt], args=[start, count]
+        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt, k.stats], args=[start, count]
     )
     return Begun(_text(reply[0]), _text(reply[1]))
 
 
 async def stop_job(scripts: Scripts, k: keys.JobKeys, status: str, reason: str) -> bool:
     """Fail or cancel a job fleet-wide; False when it had already ended."""
-    return bool(await scripts.fail_job(keys=[k.hash, k.backlog], args=[status, reason]))
+    return bool(await scripts.fail_job(keys=[k.hash, k.backlog, k.stats], args=[status, reason]))
 
 
 async def finish(
@@ -71,7 +71,7 @@ async def finish(
     client: Redis | None = None,
 ) -> Finished:
     reply = await scripts.finish_chunk(
-        keys=[k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt],
+        keys=[k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt, k.stats],
         args=[keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP],
         client=client,
     )

@@ -20,11 +20,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import jobs
+from services.producer import jobs, observe
 from shared.errors import ApiError
 from shared.models import (
     ErrorBody,
@@ -265,14 +266,17 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
             if redis is None:
                 await client.aclose()
 
+    routes = [
+        Route("/v1/jobs", submit_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", observe.metrics_endpoint, methods=["GET"]),
+    ]
     return Starlette(
-        routes=[
-            Route("/v1/jobs", submit_job, methods=["POST"]),
-            Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
-            Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
+        routes=routes,
+        middleware=[Middleware(observe.HttpMetrics, routes=routes)],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,

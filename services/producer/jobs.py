@@ -77,7 +77,13 @@ async def commit(redis: Redis, scripts: Scripts, job: PreparedJob, window: int) 
             pipe.rpush(k.backlog, *job.chunks[i : i + _PUSH_BATCH])
         pipe.expire(k.backlog, _UNCOMMITTED_TTL_S)
         await scripts.create_job(
-            keys=[k.hash, k.backlog, k.work, keys.tenant_jobs(job.fields["tenant"])],
+            keys=[
+                k.hash,
+                k.backlog,
+                k.work,
+                keys.tenant_jobs(job.fields["tenant"], k.shard),
+                k.stats,
+            ],
             args=[job.job_id, window, msgpack_encode(job.fields)],
             client=pipe,
         )

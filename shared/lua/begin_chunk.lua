@@ -3,7 +3,7 @@
 -- Per recipient it answers a state character:
 --   '0' fresh (send it), '1' finished (skip it), '2' attempted before but unfinished: in doubt,
 --   the earlier holder may or may not have reached the provider (resend, and count it once).
--- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt
+-- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt, 6 shard job stats
 -- ARGV: 1 start position, 2 count
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing', ''}
@@ -33,6 +33,8 @@ if status == 'pending' or status == 'running' then
     local t = redis.call('TIME')
     redis.call('HSET', KEYS[1], 'status', 'running',
       'started_at', t[1] * 1000 + math.floor(t[2] / 1000))
+    redis.call('HINCRBY', KEYS[6], 'pending', -1)
+    redis.call('HINCRBY', KEYS[6], 'running', 1)
     status = 'running'
   end
 end

@@ -1,7 +1,7 @@
 -- Make a job visible and release its first window of chunks, atomically.
 -- The backlog was written before (pipelined RPUSH, with an expiry in case the producer died
 -- half-way); this script is the commit point: PERSIST the backlog, write the hash, release.
--- KEYS: 1 job hash, 2 backlog, 3 shard work stream, 4 tenant's job index
+-- KEYS: 1 job hash, 2 backlog, 3 shard work stream, 4 tenant's job index, 5 shard job stats
 -- ARGV: 1 job id, 2 window (chunks to release), 3 job fields (msgpack map)
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return -1  -- a retried call after a lost reply: already created
@@ -26,4 +26,5 @@ for _ = 1, tonumber(ARGV[2]) do
 end
 redis.call('HSET', KEYS[1], 'released', released, 'acked', 0)
 redis.call('ZADD', KEYS[4], now_ms, ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'pending', 1)
 return released

@@ -3,7 +3,7 @@
 -- Counters move only when a ledger bit flips, and the next chunk is released only by the call
 -- whose XACK removed the entry, so a retried call or a zombie consumer changes nothing twice.
 -- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
---       8 indoubt
+--       8 indoubt, 9 shard job stats
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
 --       subcode, message, attempts]...], [doubtful pos...]]: doubtful ones were resent after a
 --       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
@@ -65,6 +65,8 @@ local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 if (status == 'pending' or status == 'running')
     and tonumber(h[3]) + tonumber(h[4]) + tonumber(h[5]) >= tonumber(h[2]) then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now_ms)
+  redis.call('HINCRBY', KEYS[9], status, -1)
+  redis.call('HINCRBY', KEYS[9], 'completed', 1)
   status = 'completed'
 elseif (status == 'failed' or status == 'cancelled') and not h[8]
     and tonumber(h[6]) == tonumber(h[7]) then

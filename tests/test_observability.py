@@ -1,0 +1,133 @@
+"""What operators see: metrics with stable names and bounded labels, gauges computed as KEDA
+computes them, and no secret in any log line, metric or Redis key."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import redis
+from conftest import API_TOKENS, PAGE_TOKEN, Stack, psids, wait_for
+
+from shared import keys
+
+NAMES = [
+    "fanout_messages_total",
+    "fanout_send_duration_seconds",
+    "fanout_chunks_total",
+    "fanout_chunks_reclaimed_total",
+    "fanout_dead_letters_total",
+    "fanout_rate_limited_total",
+    "fanout_in_flight",
+    "fanout_stream_lag",
+    "fanout_stream_pending",
+    "fanout_jobs",
+    "fanout_http_requests_total",
+    "fanout_http_request_duration_seconds",
+]
+
+
+def everything_in(r: redis.Redis) -> bytes:
+    """Every key and value in Redis, as one blob to search."""
+    out = []
+    for key in r.scan_iter(count=1000):
+        out.append(key)
+        kind = r.type(key)
+        if kind == b"string":
+            out.append(r.get(key) or b"")
+        elif kind == b"hash":
+            out += [b"%s=%s" % kv for kv in r.hgetall(key).items()]
+        elif kind == b"list":
+            out += r.lrange(key, 0, -1)
+        elif kind == b"zset":
+            out += r.zrange(key, 0, -1)
+        elif kind == b"stream":
+            for _, fields in r.xrange(key):
+                out += [b"%s=%s" % kv for kv in fields.items()]
+    return b"\n".join(out)
+
+
+def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
+    stack.start_fakegraph("--blocked", "10000000001")
+    api = stack.start_producer()
+    stack.start_consumer("c1", FANOUT_METRICS_PORT="0")
+    job = stack.wait_done(stack.submit(psids(250)), 30)
+    api.get(f"/v1/jobs/{job['job_id']}/errors")
+    api.get("/v1/jobs/0-000000000000000000000000")
+    api.get("/no/such/path")
+    # A second job with nobody consuming it: lag as KEDA would read it.
+    stack.consumers[0].stop()
+    waiting = stack.submit(psids(1000, offset=10_000))
+    shard = keys.JobKeys.of(waiting).shard
+    text = api.get("/metrics").text
+    for name in ("fanout_jobs", "fanout_stream_lag", "fanout_stream_pending", "fanout_http"):
+        assert f"# TYPE {name}" in text
+    assert 'fanout_jobs{status="completed"} 1.0' in text
+    assert 'fanout_jobs{status="pending"} 1.0' in text
+    info = {g["name"]: g for g in stack.r.xinfo_groups(keys.work_stream(shard))}[
+        keys.GROUP.encode()
+    ]
+    lag = re.search(rf'fanout_stream_lag{{shard="{shard}"}} (\S+)', text)
+    assert lag is not None and float(lag.group(1)) == info["lag"] == 8  # the released window
+    assert f'fanout_stream_pending{{shard="{shard}"}} {float(info["pending"])}' in text
+    route = 'route="/v1/jobs/{job_id}",status="404"'
+    assert re.search(
+        r'fanout_http_requests_total\{method="GET",' + re.escape(route) + r"\} 1\.0", text
+    )
+    assert 'route="other"' in text
+    assert job["job_id"] not in text and waiting not in text  # ids never become labels
+    assert PAGE_TOKEN not in text and "10000000001" not in text
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_both_outputs(stack: Stack) -> None:  # pragma: no cover - optional tool
+    from conftest import free_port
+
+    stack.start_fakegraph()
+    api = stack.start_producer()
+    port = free_port()
+    stack.start_consumer("c1", FANOUT_METRICS_PORT=str(port))
+    stack.wait_done(stack.submit(psids(10)), 30)
+    import httpx
+
+    consumer = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/metrics").text, 10, "metrics")
+    for text in (api.get("/metrics").text, consumer):
+        check = subprocess.run(
+            ["promtool", "check", "metrics"], input=text, text=True, capture_output=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_every_stable_name_is_exported() -> None:
+    from prometheus_client import generate_latest
+
+    import shared.metrics  # noqa: F401 - registers them
+
+    text = generate_latest().decode()
+    for name in NAMES:
+        assert f"# TYPE {name} " in text, name
+
+
+def test_no_token_in_logs_metrics_or_redis(stack: Stack) -> None:
+    stack.start_fakegraph("--blocked", "10000000002")
+    api = stack.start_producer()
+    stack.start_consumer("c1", FANOUT_LOG_LEVEL="DEBUG")
+    stack.wait_done(stack.submit(psids(300)), 30)
+    wrong = {"Authorization": "Bearer " + API_TOKENS["other"] + "x"}
+    assert api.get("/v1/jobs/0-000000000000000000000000", headers=wrong).status_code == 401
+    # A revoked token: the error path, with its reason, logs too.
+    assert stack.fake is not None
+    stack.fake.configure(revoked=True)
+    failed = stack.wait_done(stack.submit(psids(300, offset=5000)), 30)
+    assert failed["status"] == "failed"
+    logs = stack.logs()
+    assert "job completed" in logs and "stopping job" in logs  # the logs are really there
+    secrets = [PAGE_TOKEN, *API_TOKENS.values()]
+    for secret in secrets:
+        assert secret not in logs
+        assert secret.encode() not in everything_in(stack.r)
+    for line in stack.consumers[0].output().splitlines():
+        if line.startswith("{"):
+            assert '"level"' in line and '"service": "consumer"' in line
