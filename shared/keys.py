@@ -30,6 +30,28 @@ def tenant_jobs(tenant: str, shard: int) -> str:
     return f"fanout:{{{shard}}}:tenant:{tenant}:jobs"
 
 
+def ended(shard: int) -> str:
+    """The shard's ended jobs by finish time: the retention sweeper's to-do list."""
+    return f"fanout:{{{shard}}}:ended"
+
+
+def callbacks(shard: int) -> str:
+    """Ended jobs whose completion callback is due (a stream; group CALLBACK_GROUP)."""
+    return f"fanout:{{{shard}}}:callbacks"
+
+
+def scheduled(shard: int) -> str:
+    """Jobs held until their send_at, by that time."""
+    return f"fanout:{{{shard}}}:scheduled"
+
+
+def idempotency(shard: int, tenant: str, key: str) -> str:
+    return f"fanout:{{{shard}}}:idem:{tenant}:{key}"
+
+
+CALLBACK_GROUP = "callbacks"
+
+
 def job_stats(shard: int) -> str:
     """How many of the shard's jobs are in each status (for the fanout_jobs gauge)."""
     return f"fanout:{{{shard}}}:jobstats"
@@ -60,6 +82,9 @@ class JobKeys(msgspec.Struct, frozen=True):
     indoubt: str
     errors: str  # capped stream of failure records
     stats: str  # the shard's job counts by status
+    ended: str  # the shard's ended jobs
+    callbacks: str  # the shard's due completion callbacks
+    scheduled: str  # the shard's jobs waiting for send_at
     work: str  # the shard's work stream
     dead: str  # the shard's dead-letter stream
 
@@ -80,6 +105,9 @@ class JobKeys(msgspec.Struct, frozen=True):
             indoubt=f"{base}:indoubt",
             errors=f"{base}:errors",
             stats=job_stats(shard),
+            ended=ended(shard),
+            callbacks=callbacks(shard),
+            scheduled=scheduled(shard),
             work=work_stream(shard),
             dead=dead_stream(shard),
         )

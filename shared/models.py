@@ -25,7 +25,9 @@ MessageTag = Literal[
 ]
 Psid = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
 PageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
-JobStatusName = Literal["pending", "running", "completed", "failed", "cancelled"]
+JobStatusName = Literal[
+    "scheduled", "pending", "running", "paused", "completed", "failed", "cancelled"
+]
 
 
 class Message(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,14 +60,19 @@ class JobView(msgspec.Struct, kw_only=True):
     failed: int
     skipped: int
     indoubt: int
+    progress: float  # (sent + failed + skipped) / total
+    rate_per_s: float | None  # recipients finished per second since the job started
+    eta_s: float | None  # seconds to go at that rate
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    send_at: str | None
     messaging_type: str
     tag: str | None
     metadata: dict[str, Any] | None
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
+    callback_url: str | None
 
 
 class ErrorItem(msgspec.Struct, kw_only=True):

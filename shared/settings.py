@@ -59,6 +59,8 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     window: int
     max_body: int
     max_recipients: int
+    retention_s: int
+    callback_allow: tuple[str, ...]  # hosts or CIDRs a callback may target despite being private
     log_level: str
 
 
@@ -80,6 +82,10 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit: int  # default permits/s per page, 0 = unlimited
     page_rate_limits: dict[str, int]  # per-page overrides
     rate_burst_ms: int
+    retention_s: int
+    callback_secrets: dict[str, Secret]  # tenant -> HMAC key for X-Fanout-Signature
+    callback_allow: tuple[str, ...]
+    callback_attempts: int
     log_level: str
 
     def rate_for(self, page_id: str) -> int:
@@ -122,15 +128,28 @@ class _Env:
     def pairs(self, name: str, default: str | None) -> dict[str, Secret]:
         return self.parsed(name, default, _parse_pairs, "a list of key=value pairs")
 
+    def optional_pairs(self, name: str) -> dict[str, Secret]:
+        return self.pairs(name, None) if self._environ.get(name, "").strip() else {}
+
     def rates(self, name: str) -> dict[str, int]:
-        if not self._environ.get(name, "").strip():
-            return {}
         rates = {}
-        for page, value in self.pairs(name, None).items():
+        for page, value in self.optional_pairs(name).items():
             if not value.reveal().isdigit():
                 raise SettingsError(f"{name}: the rate for page {page} is not a whole number")
             rates[page] = int(value.reveal())
         return rates
+
+    def duration_s(self, name: str, default: str) -> int:
+        """Seconds, written as 3600, 45s, 30m, 12h or 7d."""
+        text = self.raw(name, default).lower()
+        match = re.fullmatch(r"(\d+)\s*([smhd]?)", text)
+        if match is None or int(match.group(1)) == 0:
+            raise SettingsError(f"{name}={text!r} is not a duration like 3600, 30m, 12h or 7d")
+        unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return int(match.group(1)) * unit
+
+    def words(self, name: str) -> tuple[str, ...]:
+        return tuple(w.strip() for w in self.raw(name, "").split(",") if w.strip())
 
     def redis_url(self) -> str:
         url = self.raw("FANOUT_REDIS_URL", DEFAULT_REDIS_URL)
@@ -168,6 +187,8 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
         window=env.integer("FANOUT_WINDOW", 8, 1, 1000),
         max_body=env.integer("FANOUT_MAX_BODY", 32 * 1024 * 1024, 1024, 1024**3),
         max_recipients=env.integer("FANOUT_MAX_RECIPIENTS", 1_000_000, 1, 100_000_000),
+        retention_s=env.duration_s("FANOUT_RETENTION", "7d"),
+        callback_allow=env.words("FANOUT_CALLBACK_ALLOW"),
         log_level=env.log_level(),
     )
 
@@ -201,5 +222,9 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
         rate_limit=env.integer("FANOUT_RATE_LIMIT", DEFAULT_RATE_LIMIT, 0, 1_000_000),
         page_rate_limits=env.rates("FANOUT_PAGE_RATE_LIMITS"),
         rate_burst_ms=env.integer("FANOUT_RATE_BURST_MS", 50, 1, 1000),
+        retention_s=env.duration_s("FANOUT_RETENTION", "7d"),
+        callback_secrets=env.optional_pairs("FANOUT_CALLBACK_SECRETS"),
+        callback_allow=env.words("FANOUT_CALLBACK_ALLOW"),
+        callback_attempts=env.integer("FANOUT_CALLBACK_ATTEMPTS", 8, 1, 100),
         log_level=env.log_level(),
     )

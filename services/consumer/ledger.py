@@ -58,7 +58,10 @@ async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Be
 
 async def stop_job(scripts: Scripts, k: keys.JobKeys, status: str, reason: str) -> bool:
     """Fail or cancel a job fleet-wide; False when it had already ended."""
-    return bool(await scripts.fail_job(keys=[k.hash, k.backlog, k.stats], args=[status, reason]))
+    reply = await scripts.fail_job(
+        keys=[k.hash, k.backlog, k.stats, k.ended, k.callbacks], args=[status, reason, k.job_id]
+    )
+    return bool(reply)
 
 
 async def finish(
@@ -71,8 +74,14 @@ async def finish(
     client: Redis | None = None,
 ) -> Finished:
     reply = await scripts.finish_chunk(
-        keys=[k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt, k.stats],
-        args=[keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP],
+        keys=[
+            *(k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt),
+            *(k.stats, k.ended, k.callbacks),
+        ],
+        args=[
+            *(keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP),
+            k.job_id,
+        ],
         client=client,
     )
     return Finished(int(reply[0]), int(reply[1]), reply[2] == 1, reply[3] == 1, _text(reply[4]))

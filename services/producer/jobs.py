@@ -9,19 +9,17 @@ window of chunks into the shard's work stream.
 from __future__ import annotations
 
 import random
-import time
 from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import jobview, keys
 from shared.models import (
     Chunk,
     ErrorItem,
     ErrorPage,
     JobRequest,
-    JobStatusName,
     JobView,
     json_encode,
     msgpack_encode,
@@ -90,39 +88,12 @@ async def commit(redis: Redis, scripts: Scripts, job: PreparedJob, window: int) 
         await pipe.execute()
 
 
-def _iso(ms: bytes | None) -> str | None:
-    if not ms:
-        return None
-    seconds = int(ms) / 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(ms) % 1000:03d}Z"
-
-
 async def read(redis: Redis, job_id: str, tenant: str) -> JobView | None:
     """The job as its tenant sees it; None when it does not exist or belongs to another."""
-    if keys.shard_of(job_id) is None:
+    found = await jobview.load(redis, job_id)
+    if found is None or found[0] != tenant:
         return None
-    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.JobKeys.of(job_id).hash))
-    h = {k.decode(): v for k, v in raw.items()}
-    if not h or h.get("tenant", b"").decode() != tenant:
-        return None
-    return JobView(
-        job_id=job_id,
-        status=cast(JobStatusName, h["status"].decode()),
-        page_id=h["page_id"].decode(),
-        total=int(h["total"]),
-        sent=int(h["sent"]),
-        failed=int(h["failed"]),
-        skipped=int(h["skipped"]),
-        indoubt=int(h["indoubt"]),
-        created_at=_iso(h.get("created_at")),
-        started_at=_iso(h.get("started_at")),
-        finished_at=_iso(h.get("finished_at")),
-        messaging_type=h["messaging_type"].decode(),
-        tag=h["tag"].decode() or None,
-        metadata=msgspec.json.decode(h["metadata"]) if h.get("metadata") else None,
-        error_codes={k[5:]: int(v) for k, v in h.items() if k.startswith("code:")},
-        reason=h["reason"].decode() if h.get("reason") else None,
-    )
+    return found[1]
 
 
 async def errors(redis: Redis, job_id: str, after: str | None, limit: int) -> ErrorPage:

@@ -3,11 +3,18 @@
 -- Counters move only when a ledger bit flips, and the next chunk is released only by the call
 -- whose XACK removed the entry, so a retried call or a zombie consumer changes nothing twice.
 -- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
---       8 indoubt, 9 shard job stats
+--       8 indoubt, 9 shard job stats, 10 shard ended jobs, 11 shard due callbacks
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
 --       subcode, message, attempts]...], [doubtful pos...]]: doubtful ones were resent after a
 --       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
---       (kept in the dead stream), 6 errors stream cap
+--       (kept in the dead stream), 6 errors stream cap, 7 job id
+local function ended(now_ms)
+  redis.call('ZADD', KEYS[10], now_ms, ARGV[7])
+  if redis.call('HGET', KEYS[1], 'callback_url') ~= false
+      and redis.call('HGET', KEYS[1], 'callback_url') ~= '' then
+    redis.call('XADD', KEYS[11], '*', 'job', ARGV[7])
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   -- The job expired or was deleted: only settle the entry.
   local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
@@ -68,10 +75,12 @@ if (status == 'pending' or status == 'running')
   redis.call('HINCRBY', KEYS[9], status, -1)
   redis.call('HINCRBY', KEYS[9], 'completed', 1)
   status = 'completed'
+  ended(now_ms)
 elseif (status == 'failed' or status == 'cancelled') and not h[8]
     and tonumber(h[6]) == tonumber(h[7]) then
   -- The last chunk in flight of a stopped job: whoever was not reached is skipped.
   redis.call('HSET', KEYS[1], 'skipped', tonumber(h[2]) - tonumber(h[3]) - tonumber(h[4]),
     'finished_at', now_ms)
+  ended(now_ms)
 end
 return {sent, failed, acked, released, status}

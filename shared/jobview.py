@@ -1,0 +1,77 @@
+"""A job as users see it, built from its hash: the producer's status answers, the SSE events
+and the completion callback all show exactly this."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import msgspec
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.models import JobStatusName, JobView
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+def _iso(ms: bytes | None) -> str | None:
+    if not ms:
+        return None
+    seconds = int(ms) / 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(ms) % 1000:03d}Z"
+
+
+def _progress(h: dict[str, bytes], now_ms: int) -> tuple[float, float | None, float | None]:
+    total = int(h["total"])
+    done = int(h["sent"]) + int(h["failed"]) + int(h["skipped"])
+    progress = round(done / total, 4) if total else 1.0
+    started = h.get("started_at")
+    if not started or h["status"].decode() in ENDED:
+        end = h.get("finished_at")
+        if started and end and int(end) > int(started):
+            return progress, round(done / ((int(end) - int(started)) / 1000), 1), 0.0
+        return progress, None, 0.0 if h["status"].decode() in ENDED else None
+    elapsed_s = max(0.001, (now_ms - int(started)) / 1000)
+    rate = done / elapsed_s
+    eta = round((total - done) / rate, 1) if rate > 0 else None
+    return progress, round(rate, 1), eta
+
+
+def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    progress, rate, eta = _progress(h, now_ms)
+    return JobView(
+        job_id=job_id,
+        status=cast(JobStatusName, h["status"].decode()),
+        page_id=h["page_id"].decode(),
+        total=int(h["total"]),
+        sent=int(h["sent"]),
+        failed=int(h["failed"]),
+        skipped=int(h["skipped"]),
+        indoubt=int(h["indoubt"]),
+        progress=progress,
+        rate_per_s=rate,
+        eta_s=eta,
+        created_at=_iso(h.get("created_at")),
+        started_at=_iso(h.get("started_at")),
+        finished_at=_iso(h.get("finished_at")),
+        send_at=_iso(h.get("send_at")),
+        messaging_type=h["messaging_type"].decode(),
+        tag=h["tag"].decode() or None,
+        metadata=msgspec.json.decode(h["metadata"]) if h.get("metadata") else None,
+        error_codes={k[5:]: int(v) for k, v in h.items() if k.startswith("code:")},
+        reason=h["reason"].decode() if h.get("reason") else None,
+        callback_url=h["callback_url"].decode() if h.get("callback_url") else None,
+    )
+
+
+async def load(redis: Redis, job_id: str) -> tuple[str, JobView] | None:
+    """(tenant, view) of a job, or None when the text is no job id or the job is gone."""
+    if keys.shard_of(job_id) is None:
+        return None
+    raw = cast(dict[bytes, bytes], await redis.hgetall(keys.JobKeys.of(job_id).hash))
+    if not raw or b"status" not in raw:
+        return None
+    h = {k.decode(): v for k, v in raw.items()}
+    return h["tenant"].decode(), view(job_id, h)
