@@ -41,6 +41,8 @@ class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     messaging_type: MessagingType
     tag: MessageTag | None = None
     metadata: dict[str, Any] | None = None
+    send_at: Annotated[str, Meta(max_length=64)] | None = None  # ISO 8601 with a time zone
+    callback_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
 
 
 class JobAccepted(msgspec.Struct, kw_only=True):
@@ -73,6 +75,11 @@ class JobView(msgspec.Struct, kw_only=True):
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
     callback_url: str | None
+
+
+class JobList(msgspec.Struct, kw_only=True):
+    items: list[JobView]
+    next: str | None  # pass as ?after= for the next page; null at the end
 
 
 class ErrorItem(msgspec.Struct, kw_only=True):

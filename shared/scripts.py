@@ -26,3 +26,7 @@ class Scripts:
         self.take_permits: AsyncScript = redis.register_script(_source("take_permits"))
         self.cool_down: AsyncScript = redis.register_script(_source("cool_down"))
         self.fail_job: AsyncScript = redis.register_script(_source("fail_job"))
+        self.pause_job: AsyncScript = redis.register_script(_source("pause_job"))
+        self.resume_job: AsyncScript = redis.register_script(_source("resume_job"))
+        self.release_due: AsyncScript = redis.register_script(_source("release_due"))
+        self.sweep_job: AsyncScript = redis.register_script(_source("sweep_job"))

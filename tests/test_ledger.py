@@ -17,6 +17,7 @@ from shared import keys
 from shared.models import Failure, JobRequest, Message, Outcome
 from shared.redisconn import connect
 from shared.scripts import Scripts
+from shared.settings import producer_settings
 
 T = TypeVar("T")
 
@@ -36,11 +37,20 @@ def new_job(redis_server: RedisServer, n: int, window: int = 1) -> keys.JobKeys:
     request = JobRequest(
         page_id="1", message=Message("hi"), recipients=psids(n), messaging_type="UPDATE"
     )
-    prepared = jobs.prepare(request, "acme", 1, 10)
+    settings = producer_settings(
+        {
+            "FANOUT_API_TOKENS": "acme=t",
+            "FANOUT_PAGE_TOKENS": "1=x",
+            "FANOUT_SHARDS": "1",
+            "FANOUT_CHUNK_SIZE": "10",
+            "FANOUT_WINDOW": str(window),
+        }
+    )
+    prepared = jobs.prepare(request, b"{}", "acme", settings, 0, None)
 
     async def make(client: Redis, scripts: Scripts) -> None:
         await client.xgroup_create(keys.work_stream(0), keys.GROUP, id="0", mkstream=True)
-        await jobs.commit(client, scripts, prepared, window)
+        await jobs.commit(client, scripts, prepared, window, 3600)
 
     run(redis_server, make)
     return keys.JobKeys.of(prepared.job_id)

@@ -79,6 +79,7 @@ class ChunkWork:
         self.doubtful: list[int] = []
         self.attempts: dict[int, int] = {}
         self.unsubmitted = len(chunk.ids)
+        self.requeue = False  # stopped early by a pause: the chunk goes back to the backlog
         self.remaining = 0  # submitted and not yet settled
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

@@ -56,14 +56,6 @@ async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Be
     return Begun(_text(reply[0]), _text(reply[1]))
 
 
-async def stop_job(scripts: Scripts, k: keys.JobKeys, status: str, reason: str) -> bool:
-    """Fail or cancel a job fleet-wide; False when it had already ended."""
-    reply = await scripts.fail_job(
-        keys=[k.hash, k.backlog, k.stats, k.ended, k.callbacks], args=[status, reason, k.job_id]
-    )
-    return bool(reply)
-
-
 async def finish(
     scripts: Scripts,
     k: keys.JobKeys,
@@ -71,8 +63,11 @@ async def finish(
     outcome: Outcome,
     dead_reason: str = "",
     payload: bytes = b"",
+    requeue: bool = False,
     client: Redis | None = None,
 ) -> Finished:
+    """Record a chunk's outcome and settle its entry. ``requeue``: the consumer stopped early
+    because the job was paused, and ``payload`` goes back for when it resumes."""
     reply = await scripts.finish_chunk(
         keys=[
             *(k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt),
@@ -81,6 +76,7 @@ async def finish(
         args=[
             *(keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP),
             k.job_id,
+            "1" if requeue else "0",
         ],
         client=client,
     )

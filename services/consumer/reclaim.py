@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from services.consumer import housekeeping
 from shared import keys, metrics
 
 if TYPE_CHECKING:
@@ -33,7 +34,17 @@ class Upkeep:
         await asyncio.gather(
             self._every(self.lease_every_s, self.renew),
             self._every(self.reclaim_every_s, self.reclaim),
+            self._every(0.5, self.release_due),
+            self._every(min(60.0, self.consumer.settings.retention_s / 4), self.sweep),
         )
+
+    async def release_due(self) -> None:
+        c = self.consumer
+        await housekeeping.release_due(c.redis, c.scripts, c.settings.shards)
+
+    async def sweep(self) -> None:
+        c = self.consumer
+        await housekeeping.sweep(c.redis, c.scripts, c.settings.shards, c.settings.retention_s)
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.consumer import ledger
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
-from shared import keys, metrics
+from shared import control, keys, metrics
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
 from shared.provider import MessengerClient
@@ -237,6 +237,7 @@ class Consumer:
 
     async def _deliver(self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes) -> None:
         spec = await self._spec(k)
+        requeue = False
         if spec is None:  # the job is gone, or its page has no token here
             outcome = await self._unsendable(chunk, k)
         else:
@@ -245,8 +246,11 @@ class Consumer:
             await self._submit(held, work)
             await work.done
             outcome = work.outcome()
+            requeue = work.requeue
         # Shielded: a cancellation must not leave the chunk half-recorded.
-        finished = await asyncio.shield(ledger.finish(self.scripts, k, held.entry_id, outcome))
+        finished = await asyncio.shield(
+            ledger.finish(self.scripts, k, held.entry_id, outcome, payload=payload, requeue=requeue)
+        )
         metrics.CHUNKS.labels("finished" if finished.acked else "already_acked").inc()
         if finished.status == "completed" and finished.acked:
             log.info("job completed", extra={"job_id": chunk.job, "shard": k.shard})
@@ -266,7 +270,9 @@ class Consumer:
                 held.waiting = False
             begun = await ledger.begin(self.scripts, spec.keys, chunk.start + offset, taken)
             if begun.status not in ("pending", "running"):
-                break  # stopped, completed or gone: nothing more to send
+                # Paused: the rest waits for resume. Stopped, completed or gone: nothing to do.
+                work.requeue = begun.status == "paused"
+                break
             todo = [offset + i for i, s in enumerate(begun.states) if s != ledger.FINISHED]
             self._senders.submit(work, todo, taken)
             offset += taken
@@ -320,7 +326,7 @@ class Consumer:
             reason += f"/{decision.subcode}"
         reason = f"{reason}: {decision.message}"[:300]
         log.error("stopping job", extra={"job_id": spec.job_id, "reason": reason})
-        task = asyncio.create_task(ledger.stop_job(self.scripts, spec.keys, "failed", reason))
+        task = asyncio.create_task(control.stop_job(self.scripts, spec.keys, "failed", reason))
         self._stopping_jobs.add(task)
         task.add_done_callback(self._stopping_jobs.discard)
 

@@ -8,12 +8,12 @@ itself cannot be reached.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import datetime
 
 import msgspec
 from redis.asyncio import Redis
@@ -25,13 +25,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import jobs, observe
+from services.producer import jobs, lifecycle, observe
+from services.producer.common import (
+    State,
+    authenticate,
+    error_response,
+    json_response,
+    limit_param,
+    state_of,
+)
 from shared.errors import ApiError
+from shared.jobview import ENDED
 from shared.models import (
-    ErrorBody,
-    ErrorResponse,
     JobAccepted,
     JobRequest,
+    JobView,
     job_request_decoder,
     json_encode,
 )
@@ -43,45 +51,6 @@ log = logging.getLogger("fanout.producer")
 _MAX_METADATA = 4096
 # Jobs above this size are decoded and chunked in a thread, so the loop keeps answering.
 _THREAD_ABOVE_BYTES = 256 * 1024
-
-
-class State(msgspec.Struct):
-    settings: ProducerSettings
-    redis: Redis
-    scripts: Scripts
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json_encode(body), status, headers, media_type="application/json")
-
-
-def error_response(error: ApiError) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return json_response(
-        ErrorResponse(ErrorBody(error.code, error.message, error.field)), error.status, headers
-    )
-
-
-def _state(request: Request) -> State:
-    state: State = request.app.state.fanout
-    return state
-
-
-def authenticate(request: Request) -> str:
-    """The tenant whose token the request carries; 401 otherwise."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)")
-    given = token.strip().encode()
-    tenant = None
-    # Compare against every token so the time taken does not say which one came close.
-    for name, secret in _state(request).settings.api_tokens.items():
-        if hmac.compare_digest(given, secret.reveal().encode()):
-            tenant = name
-    if tenant is None:
-        raise ApiError(401, "unauthorized", "invalid API token")
-    return tenant
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -151,41 +120,120 @@ def check_job(job: JobRequest, settings: ProducerSettings) -> None:
         )
 
 
-def _parse_and_prepare(body: bytes, settings: ProducerSettings, tenant: str) -> jobs.PreparedJob:
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_MAX_WAIT_S = 25
+_MAX_SCHEDULE_AHEAD_S = 366 * 86400
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            422,
+            "invalid_field",
+            "Idempotency-Key must be 1-64 characters of letters, digits and _.:-",
+            "Idempotency-Key",
+        )
+    return key
+
+
+def wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= _MAX_WAIT_S:
+        message = f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}"
+        raise ApiError(422, "invalid_field", message, "wait")
+    return seconds
+
+
+def send_at_ms(job: JobRequest) -> int:
+    """The job's send_at as epoch ms (0: now). Needs a time zone: a bare local time would
+    mean a different moment on every server."""
+    if job.send_at is None:
+        return 0
+    try:
+        when = datetime.fromisoformat(job.send_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            422, "invalid_field", "send_at is not an ISO 8601 date and time", "send_at"
+        ) from None
+    if when.tzinfo is None:
+        message = "send_at needs a time zone, e.g. 2026-12-01T09:00:00Z or +01:00"
+        raise ApiError(422, "invalid_field", message, "send_at")
+    ms = int(when.timestamp() * 1000)
+    if ms > (time.time() + _MAX_SCHEDULE_AHEAD_S) * 1000:
+        raise ApiError(422, "invalid_field", "send_at is more than a year ahead", "send_at")
+    return ms
+
+
+def _parse_and_prepare(
+    body: bytes, settings: ProducerSettings, tenant: str, key: str | None
+) -> jobs.PreparedJob:
     job = decode_job(body)
     check_job(job, settings)
-    return jobs.prepare(job, tenant, settings.shards, settings.chunk_size)
+    return jobs.prepare(job, body, tenant, settings, send_at_ms(job), key)
 
 
 async def submit_job(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     tenant = authenticate(request)
+    key = idempotency_key(request)
+    wait_s = wait_seconds(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the job as application/json")
     body = await read_body(request, state.settings.max_body)
     if len(body) > _THREAD_ABOVE_BYTES:
-        prepared = await asyncio.to_thread(_parse_and_prepare, body, state.settings, tenant)
+        prepared = await asyncio.to_thread(_parse_and_prepare, body, state.settings, tenant, key)
     else:
-        prepared = _parse_and_prepare(body, state.settings, tenant)
-    await jobs.commit(state.redis, state.scripts, prepared, state.settings.window)
-    log.info(
-        "job accepted",
-        extra={"job_id": prepared.job_id, "tenant": tenant, "total": prepared.total},
+        prepared = _parse_and_prepare(body, state.settings, tenant, key)
+    committed = await jobs.commit(
+        state.redis, state.scripts, prepared, state.settings.window, state.settings.retention_s
     )
-    status_url = f"/v1/jobs/{prepared.job_id}"
+    if committed.outcome == "conflict":
+        message = "this Idempotency-Key was already used with a different request"
+        raise ApiError(422, "idempotency_conflict", message, "Idempotency-Key")
+    job_id = committed.job_id
+    log.info(
+        "job accepted" if committed.outcome == "created" else "job already accepted",
+        extra={"job_id": job_id, "tenant": tenant, "total": prepared.total},
+    )
+    view = await jobs.read(state.redis, job_id, tenant)
+    if view is None:  # swept already (an old idempotent retry): answer what we know
+        raise ApiError(404, "not_found", "the job for this Idempotency-Key no longer exists")
+    if wait_s > 0:
+        ended = await _wait_for_end(state, job_id, tenant, wait_s)
+        if ended is not None:
+            return json_response(ended, 200)
+    status_url = f"/v1/jobs/{job_id}"
     accepted = JobAccepted(
-        job_id=prepared.job_id,
-        status="pending",
-        total=prepared.total,
+        job_id=job_id,
+        status=view.status,
+        total=view.total,
         duplicates_removed=prepared.duplicates_removed,
         status_url=status_url,
     )
     return json_response(accepted, 202, {"Location": status_url})
 
 
+async def _wait_for_end(state: State, job_id: str, tenant: str, seconds: float) -> JobView | None:
+    deadline = time.monotonic() + seconds
+    while True:
+        view = await jobs.read(state.redis, job_id, tenant)
+        if view is not None and view.status in ENDED:
+            return view
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
 async def get_job(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     tenant = authenticate(request)
     view = await jobs.read(state.redis, request.path_params["job_id"], tenant)
     if view is None:
@@ -196,19 +244,8 @@ async def get_job(request: Request) -> Response:
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
-def _limit(request: Request, default: int, most: int) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise ApiError(
-            422, "invalid_field", f"limit must be a whole number from 1 to {most}", "limit"
-        )
-    return int(raw)
-
-
 async def get_errors(request: Request) -> Response:
-    state = _state(request)
+    state = state_of(request)
     tenant = authenticate(request)
     job_id = request.path_params["job_id"]
     if await jobs.read(state.redis, job_id, tenant) is None:
@@ -218,7 +255,7 @@ async def get_errors(request: Request) -> Response:
         raise ApiError(
             422, "invalid_field", "after must be a `next` value from a previous page", "after"
         )
-    limit = _limit(request, 100, 1000)
+    limit = limit_param(request, 100, 1000)
     return json_response(await jobs.errors(state.redis, job_id, after, limit))
 
 
@@ -228,7 +265,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     try:
-        await _state(request).redis.ping()
+        await state_of(request).redis.ping()
     except (RedisError, OSError):
         return json_response({"status": "unavailable", "redis": False}, 503)
     return json_response({"status": "ok", "redis": True})
@@ -268,8 +305,13 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
 
     routes = [
         Route("/v1/jobs", submit_job, methods=["POST"]),
+        Route("/v1/jobs", lifecycle.list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/events", lifecycle.job_events, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/pause", lifecycle.pause_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/resume", lifecycle.resume_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/cancel", lifecycle.cancel_job, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", observe.metrics_endpoint, methods=["GET"]),

@@ -8,7 +8,9 @@ window of chunks into the shard's work stream.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import zlib
 from typing import Any, cast
 
 import msgspec
@@ -25,6 +27,7 @@ from shared.models import (
     msgpack_encode,
 )
 from shared.scripts import Scripts
+from shared.settings import ProducerSettings
 
 _PUSH_BATCH = 1000  # chunks per RPUSH: big enough to amortise, small enough not to stall Redis
 _UNCOMMITTED_TTL_S = 3600
@@ -36,17 +39,39 @@ class PreparedJob(msgspec.Struct, kw_only=True):
     duplicates_removed: int
     chunks: list[bytes]
     fields: dict[str, Any]
+    send_at_ms: int  # 0: now
+    idempotency: str | None  # the Redis key holding the first job for this Idempotency-Key
+    fingerprint: str  # of the request, so a reused key with another request is refused
 
 
-def prepare(request: JobRequest, tenant: str, shards: int, chunk_size: int) -> PreparedJob:
+class Committed(msgspec.Struct):
+    job_id: str
+    outcome: str  # "created" | "existing" | "conflict"
+
+
+def shard_for(tenant: str, idempotency_key: str | None, shards: int) -> int:
+    """Random, unless an Idempotency-Key pins the job (so a retry finds the first one)."""
+    if idempotency_key is None:
+        return random.randrange(shards)
+    return zlib.crc32(f"{tenant}:{idempotency_key}".encode()) % shards
+
+
+def prepare(
+    request: JobRequest,
+    body: bytes,
+    tenant: str,
+    settings: ProducerSettings,
+    send_at_ms: int,
+    idempotency_key: str | None,
+) -> PreparedJob:
     """CPU-only work (no I/O), so the caller can run it in a thread for big jobs."""
     recipients = list(dict.fromkeys(request.recipients))
-    job_id = keys.new_job_id(random.randrange(shards))
+    shard = shard_for(tenant, idempotency_key, settings.shards)
+    job_id = keys.new_job_id(shard)
+    size = settings.chunk_size
     chunks = [
-        msgpack_encode(
-            Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + chunk_size])
-        )
-        for no, start in enumerate(range(0, len(recipients), chunk_size))
+        msgpack_encode(Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + size]))
+        for no, start in enumerate(range(0, len(recipients), size))
     ]
     fields: dict[str, Any] = {
         "tenant": tenant,
@@ -55,9 +80,11 @@ def prepare(request: JobRequest, tenant: str, shards: int, chunk_size: int) -> P
         "messaging_type": request.messaging_type,
         "tag": request.tag or "",
         "metadata": json_encode(request.metadata).decode() if request.metadata else "",
+        "callback_url": request.callback_url or "",
         "total": len(recipients),
         "chunks": len(chunks),
-        "chunk_size": chunk_size,
+        "chunk_size": size,
+        "window": settings.window,
     }
     return PreparedJob(
         job_id=job_id,
@@ -65,27 +92,37 @@ def prepare(request: JobRequest, tenant: str, shards: int, chunk_size: int) -> P
         duplicates_removed=len(request.recipients) - len(recipients),
         chunks=chunks,
         fields=fields,
+        send_at_ms=send_at_ms,
+        idempotency=None
+        if idempotency_key is None
+        else keys.idempotency(shard, tenant, idempotency_key),
+        fingerprint="" if idempotency_key is None else hashlib.sha256(body).hexdigest(),
     )
 
 
-async def commit(redis: Redis, scripts: Scripts, job: PreparedJob, window: int) -> None:
+async def commit(
+    redis: Redis, scripts: Scripts, job: PreparedJob, window: int, retention_s: int
+) -> Committed:
     k = keys.JobKeys.of(job.job_id)
+    tenant = job.fields["tenant"]
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(0, len(job.chunks), _PUSH_BATCH):
             pipe.rpush(k.backlog, *job.chunks[i : i + _PUSH_BATCH])
         pipe.expire(k.backlog, _UNCOMMITTED_TTL_S)
         await scripts.create_job(
             keys=[
-                k.hash,
-                k.backlog,
-                k.work,
-                keys.tenant_jobs(job.fields["tenant"], k.shard),
-                k.stats,
+                *(k.hash, k.backlog, k.work, keys.tenant_jobs(tenant, k.shard), k.stats),
+                *(k.scheduled, job.idempotency or k.hash),
             ],
-            args=[job.job_id, window, msgpack_encode(job.fields)],
+            args=[
+                *(job.job_id, window, msgpack_encode(job.fields), job.send_at_ms),
+                *(job.fingerprint, retention_s),
+            ],
             client=pipe,
         )
-        await pipe.execute()
+        replies = await pipe.execute()
+    job_id, outcome = replies[-1]
+    return Committed(job_id.decode(), outcome.decode())
 
 
 async def read(redis: Redis, job_id: str, tenant: str) -> JobView | None:

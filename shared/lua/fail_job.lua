@@ -12,7 +12,8 @@ local function ended(now_ms)
   end
 end
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'pending' and status ~= 'running' then
+if status ~= 'pending' and status ~= 'running' and status ~= 'paused'
+    and status ~= 'scheduled' then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'reason', ARGV[2])

@@ -7,7 +7,8 @@
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
 --       subcode, message, attempts]...], [doubtful pos...]]: doubtful ones were resent after a
 --       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
---       (kept in the dead stream), 6 errors stream cap, 7 job id
+--       (kept in the dead stream, or put back), 6 errors stream cap, 7 job id, 8 '1' when the
+--       consumer stopped early because the job was paused: the chunk goes back for later
 local function ended(now_ms)
   redis.call('ZADD', KEYS[10], now_ms, ARGV[7])
   if redis.call('HGET', KEYS[1], 'callback_url') ~= false
@@ -54,7 +55,12 @@ if acked == 1 then
     redis.call('XADD', KEYS[7], 'MAXLEN', '~', 10000, '*', 'c', ARGV[5], 'reason', ARGV[4])
   end
   local status = redis.call('HGET', KEYS[1], 'status')
-  if status == 'pending' or status == 'running' then
+  if ARGV[8] == '1' and status == 'paused' then
+    redis.call('LPUSH', KEYS[6], ARGV[5])  -- its unfinished recipients wait for resume
+  elseif ARGV[8] == '1' and (status == 'pending' or status == 'running') then
+    redis.call('XADD', KEYS[5], '*', 'c', ARGV[5])  -- resumed meanwhile: straight back out
+    redis.call('HINCRBY', KEYS[1], 'released', 1)
+  elseif status == 'pending' or status == 'running' then
     local chunk = redis.call('LPOP', KEYS[6])
     if chunk then
       redis.call('XADD', KEYS[5], '*', 'c', chunk)

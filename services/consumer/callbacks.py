@@ -1,0 +1,440 @@
+"""Completion callbacks: POST the job view to a job's ``callback_url`` once the job has ended.
+
+The scripts that end a job add ``job <id>`` to its shard's callbacks stream. Every consumer
+runs one ``CallbackSender``:
+
+run()
+  ├── reader: XREADGROUP (group "callbacks", BLOCK ≤ 2 s) on every shard's callbacks stream,
+  │           only while fewer than MAX_IN_FLIGHT callbacks are in progress
+  ├── one task per entry: load the job view → check the target again (DNS rebinding) and
+  │           connect to the address checked → POST, signed when the tenant has a key → on
+  │           anything but 2xx, full-jitter backoff and again, up to FANOUT_CALLBACK_ATTEMPTS
+  │           (a refused target fails at once) → record the outcome on the job and XACK + XDEL
+  │           the entry in one script
+  └── upkeep: renew the leases of entries in progress (a retry may wait minutes); XAUTOCLAIM
+              entries idle past ``claim_idle_ms`` (their consumer died); each step logs and
+              carries on
+
+The job hash shows ``callback_status`` (``delivered`` | ``failed``), ``callback_attempts`` and
+``callback_error``. Attempts are recorded as they happen, so a consumer taking over a dead one's
+entry resumes the count instead of starting again, and an entry whose outcome was recorded
+just before a crash is only acknowledged. Delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import httpx
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from shared import callbacks, jobview, keys
+from shared.classify import backoff
+from shared.models import json_encode
+from shared.scripts import Scripts
+from shared.settings import ConsumerSettings
+
+log = logging.getLogger("fanout.consumer")
+
+MAX_IN_FLIGHT = 64  # callbacks in progress (posting or waiting to retry) per consumer
+_READ_COUNT = 16
+_BLOCK_MS_MAX = 2_000
+_BACKOFF_CAP_S = 300.0
+_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+_REQUEST_DEADLINE_S = 30.0  # the whole request, however slowly the receiver trickles
+_ERROR_MAX = 200
+_HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM
+
+# Record a callback's progress on its job, never recreating a hash the retention sweep has
+# removed, and settle the stream entry with it when the outcome is final: one step, so a crash
+# cannot leave an acknowledged entry without its outcome.
+# KEYS: 1 job hash, 2 shard callbacks stream
+# ARGV: 1 group, 2 entry id ('' keeps the entry pending), 3.. field, value pairs
+_RECORD = """
+if #ARGV > 2 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+end
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+Entry = tuple[str, bytes]  # (stream, entry id): ids are unique per stream only
+_Replies = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]
+
+
+class _Attempt:
+    """One POST's result: error is None on a 2xx; final means do not retry."""
+
+    __slots__ = ("error", "final", "retry_after")
+
+    def __init__(
+        self, error: str | None, *, final: bool = False, retry_after: float | None = None
+    ) -> None:
+        self.error = error
+        self.final = final
+        self.retry_after = retry_after
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: ConsumerSettings,
+        *,
+        base_delay_s: float = 1.0,
+        claim_idle_ms: int = 60_000,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.base_delay_s = base_delay_s
+        self.claim_idle_ms = claim_idle_ms
+        self.name = settings.consumer_name
+        self.streams = [keys.callbacks(shard) for shard in range(settings.shards)]
+        self.scripts = Scripts(redis)
+        self._record = redis.register_script(_RECORD)
+        # No proxies from the environment: a proxy would connect to a host we never checked.
+        # No keep-alive: each POST goes to an address just checked, with its own TLS session.
+        self.client = httpx.AsyncClient(
+            timeout=_TIMEOUT,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=0),
+        )
+        self._held: dict[Entry, asyncio.Task[None]] = {}
+        self._room = asyncio.Event()
+        self._unsigned_warned: set[str] = set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver callbacks until cancelled. Callbacks in progress then stop; their entries
+        are handed back for immediate takeover (the attempts made so far are recorded)."""
+        upkeep: asyncio.Task[None] | None = None
+        try:
+            await self._join_groups()
+            upkeep = asyncio.create_task(self._upkeep())
+            log.info("callback sender started", extra={"consumer": self.name})
+            await self._read_loop()
+        finally:
+            if upkeep is not None:
+                upkeep.cancel()
+                await asyncio.gather(upkeep, return_exceptions=True)
+            await self._abandon()
+
+    async def close(self) -> None:
+        """Close the HTTP client (after run() has been cancelled)."""
+        await self.client.aclose()
+
+    async def _join_groups(self) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                for stream in self.streams:
+                    try:
+                        # At 0, never $: callbacks due before the group existed count too.
+                        await self.redis.xgroup_create(
+                            stream, keys.CALLBACK_GROUP, id="0", mkstream=True
+                        )
+                    except ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("callback groups not ready; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _abandon(self) -> None:
+        entries, tasks = list(self._held), list(self._held.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._held.clear()
+        try:
+            await self._lease(entries, _HAND_BACK_IDLE_MS)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "callback hand back failed; entries wait for the lease", extra={"error": str(exc)}
+            )
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff_s = 0.1
+        block_ms = min(self.settings.block_ms, _BLOCK_MS_MAX)
+        while True:
+            room = MAX_IN_FLIGHT - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    keys.CALLBACK_GROUP,
+                    self.name,
+                    dict.fromkeys(self.streams, ">"),
+                    count=min(_READ_COUNT, max(1, room // len(self.streams))),
+                    block=block_ms,
+                )
+                backoff_s = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("callback read failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                    await self._join_groups()  # the stream was deleted under us
+                continue
+            for stream, entries in cast(_Replies, reply) or []:
+                for entry_id, fields in entries:
+                    self._take(stream.decode(), entry_id, fields or {})
+
+    def _take(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Start an entry's task (from a read or a takeover), unless it is in progress."""
+        entry = (stream, entry_id)
+        if entry not in self._held:
+            job_id = fields.get(b"job", b"").decode("utf-8", "replace")
+            self._held[entry] = asyncio.create_task(self._handle(entry, job_id))
+
+    # --- one callback ---------------------------------------------------------------------
+
+    async def _handle(self, entry: Entry, job_id: str) -> None:
+        try:
+            await self._deliver(entry, job_id)
+        except (RedisError, OSError) as exc:
+            # Left pending: the lease lapses and someone (maybe us) takes it over.
+            log.warning("callback left for takeover", extra={"job_id": job_id, "error": str(exc)})
+        except Exception as exc:
+            log.exception("callback failed unexpectedly", extra={"job_id": job_id})
+            await self._give_up(entry, job_id, f"internal error: {type(exc).__name__}")
+        finally:
+            if self._held.get(entry) is asyncio.current_task():
+                del self._held[entry]
+            self._room.set()
+
+    async def _deliver(self, entry: Entry, job_id: str) -> None:
+        loaded = await jobview.load(self.redis, job_id)
+        url = loaded[1].callback_url if loaded is not None else None
+        if loaded is None or url is None:
+            log.info("callback dropped: the job is gone", extra={"job_id": job_id})
+            await self._settle(entry, None, {})
+            return
+        tenant, view = loaded
+        job = keys.JobKeys.of(job_id)
+        status, done, last_error = cast(
+            list[bytes | None],
+            await self.redis.hmget(
+                job.hash, ["callback_status", "callback_attempts", "callback_error"]
+            ),
+        )
+        if status in (b"delivered", b"failed"):  # recorded just before a crash
+            await self._settle(entry, job, {})
+            return
+        attempts = int(done or 0)
+        error = (last_error or b"").decode("utf-8", "replace") or "no attempts left"
+        body = json_encode(view)
+        headers = self._headers(tenant, job_id, body)
+        while attempts < self.settings.callback_attempts:
+            attempts += 1
+            result = await self._post(url, body, headers)
+            if result.error is None:
+                await self._settle(entry, job, _fields("delivered", attempts, ""))
+                log.info("callback delivered", extra={"job_id": job_id, "attempts": attempts})
+                return
+            error = result.error
+            if result.final or attempts >= self.settings.callback_attempts:
+                break
+            # Progress only, the entry stays pending: a takeover resumes from this count.
+            await self._record(
+                keys=[job.hash, entry[0]],
+                args=[keys.CALLBACK_GROUP, "", *_flat(_fields(None, attempts, error))],
+            )
+            delay = backoff(
+                attempts, base=self.base_delay_s, cap=_BACKOFF_CAP_S, retry_after=result.retry_after
+            )
+            log.info(
+                "callback failed; will retry",
+                extra={"job_id": job_id, "attempts": attempts, "error": error, "delay_s": delay},
+            )
+            await asyncio.sleep(delay)
+        await self._settle(entry, job, _fields("failed", attempts, error))
+        log.warning(
+            "callback failed", extra={"job_id": job_id, "attempts": attempts, "error": error}
+        )
+
+    def _headers(self, tenant: str, job_id: str, body: bytes) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "fanout",
+            callbacks.JOB_HEADER: job_id,
+        }
+        secret = self.settings.callback_secrets.get(tenant)
+        if secret is not None:
+            headers[callbacks.SIGNATURE_HEADER] = callbacks.sign(secret.reveal(), body)
+        elif tenant not in self._unsigned_warned:
+            self._unsigned_warned.add(tenant)
+            log.warning(
+                "callbacks of this tenant go unsigned: no FANOUT_CALLBACK_SECRETS entry",
+                extra={"tenant": tenant, "job_id": job_id},
+            )
+        return headers
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> _Attempt:
+        try:
+            target = await asyncio.to_thread(
+                callbacks.resolve_target, url, self.settings.callback_allow
+            )
+        except ValueError as exc:
+            return _Attempt(_short(str(exc)), final=True)
+        headers = {**headers, "Host": target.host_header}
+        extensions = {"sni_hostname": target.host} if target.is_name else {}
+        error = "no address"
+        for address in target.addresses:  # the next one only when a connection is refused
+            try:
+                async with (
+                    asyncio.timeout(_REQUEST_DEADLINE_S),
+                    self.client.stream(
+                        "POST",
+                        target.pinned(address),
+                        content=body,
+                        headers=headers,
+                        extensions=extensions,
+                    ) as response,
+                ):
+                    # The answer's body is not read: only its status matters.
+                    if response.is_success:
+                        return _Attempt(None)
+                    return _Attempt(
+                        f"HTTP {response.status_code}",
+                        retry_after=_retry_after(response.headers.get("Retry-After")),
+                    )
+            except httpx.ConnectError as exc:
+                error = _describe(exc)
+            except (httpx.HTTPError, TimeoutError) as exc:
+                return _Attempt(_describe(exc))
+        return _Attempt(error)
+
+    async def _settle(
+        self, entry: Entry, job: keys.JobKeys | None, fields: dict[str, str | int]
+    ) -> None:
+        """Record the outcome (if any) and XACK + XDEL the entry, shielded from cancellation."""
+        stream, entry_id = entry
+        await asyncio.shield(
+            self._record(
+                keys=[job.hash if job is not None else stream, stream],
+                args=[keys.CALLBACK_GROUP, entry_id, *_flat(fields)],
+            )
+        )
+
+    async def _give_up(self, entry: Entry, job_id: str, error: str) -> None:
+        job = keys.JobKeys.of(job_id) if keys.shard_of(job_id) is not None else None
+        try:
+            fields: dict[str, str | int] = {"callback_status": "failed", "callback_error": error}
+            await self._settle(entry, job, fields if job is not None else {})
+        except (RedisError, OSError) as exc:
+            log.warning("callback left for takeover", extra={"job_id": job_id, "error": str(exc)})
+
+    # --- upkeep ---------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        await asyncio.gather(
+            self._every(self.claim_idle_ms / 3000, self._renew),
+            self._every(max(0.2, self.claim_idle_ms / 2000), self._reclaim),
+        )
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "callback upkeep failed", extra={"step": step.__name__, "error": str(exc)}
+                )
+            except Exception:
+                log.exception("callback upkeep failed", extra={"step": step.__name__})
+            await asyncio.sleep(seconds)
+
+    async def _renew(self) -> None:
+        """Keep the entries in progress ours while they wait for a retry."""
+        lost = await self._lease(list(self._held), 0)
+        for entry in lost:
+            task = self._held.get(entry)
+            if task is not None and not task.done():
+                log.warning("callback taken over by another consumer", extra={"entry": entry[1]})
+                task.cancel()
+
+    async def _lease(self, entries: list[Entry], idle_ms: int) -> list[Entry]:
+        by_stream: dict[str, list[bytes]] = {}
+        for stream, entry_id in entries:
+            by_stream.setdefault(stream, []).append(entry_id)
+        lost: list[Entry] = []
+        for stream, ids in by_stream.items():
+            gone = await self.scripts.lease(
+                keys=[stream], args=[keys.CALLBACK_GROUP, self.name, idle_ms, *ids]
+            )
+            lost += [(stream, entry_id) for entry_id in gone if (stream, entry_id) in self._held]
+        return lost
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle past ``claim_idle_ms``: their consumer died."""
+        for stream in self.streams:
+            cursor: bytes = b"0-0"
+            while (room := MAX_IN_FLIGHT - len(self._held)) > 0:
+                cursor, entries, deleted = await self.scripts.reclaim(
+                    keys=[stream],
+                    args=[keys.CALLBACK_GROUP, self.name, self.claim_idle_ms, cursor, room],
+                )
+                if deleted:
+                    log.warning(
+                        "pending callbacks were deleted from the stream",
+                        extra={"stream": stream, "entries": len(deleted)},
+                    )
+                for entry_id, flat, _deliveries in entries:
+                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                    log.info("callback taken over", extra={"entry": entry_id.decode()})
+                    self._take(stream, entry_id, fields)
+                if cursor == b"0-0":
+                    break
+
+
+def _fields(status: str | None, attempts: int, error: str) -> dict[str, str | int]:
+    fields: dict[str, str | int] = {"callback_attempts": attempts, "callback_error": error}
+    if status is not None:
+        fields["callback_status"] = status
+    return fields
+
+
+def _flat(fields: dict[str, str | int]) -> list[str | int]:
+    return [item for pair in fields.items() for item in pair]
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 1] + "…"
+
+
+def _describe(exc: BaseException) -> str:
+    detail = str(exc)
+    return _short(f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

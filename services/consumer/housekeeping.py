@@ -1,0 +1,70 @@
+"""Upkeep that belongs to no chunk: release scheduled jobs when their send_at comes, and delete
+ended jobs once FANOUT_RETENTION has passed, so Redis memory does not grow with history.
+Any consumer may do either; the Lua scripts make doing it twice harmless."""
+
+from __future__ import annotations
+
+import logging
+from typing import cast
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.scripts import Scripts
+
+log = logging.getLogger("fanout.consumer")
+
+_BATCH = 100
+_DEFAULT_WINDOW = 8
+
+
+async def _now_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def release_due(redis: Redis, scripts: Scripts, shards: int) -> int:
+    """Release every scheduled job whose send_at has come; returns how many."""
+    now = await _now_ms(redis)
+    released = 0
+    for shard in range(shards):
+        due = cast(
+            list[bytes],
+            await redis.zrangebyscore(keys.scheduled(shard), "-inf", now, start=0, num=_BATCH),
+        )
+        for raw in due:
+            k = keys.JobKeys.of(raw.decode())
+            done = await scripts.release_due(
+                keys=[k.hash, k.backlog, k.work, k.stats, k.scheduled],
+                args=[_DEFAULT_WINDOW, k.job_id],
+            )
+            if done:
+                released += 1
+                log.info("scheduled job released", extra={"job_id": k.job_id, "shard": shard})
+    return released
+
+
+async def sweep(redis: Redis, scripts: Scripts, shards: int, retention_s: int) -> int:
+    """Delete ended jobs older than the retention period; returns how many."""
+    cutoff = await _now_ms(redis) - retention_s * 1000
+    swept = 0
+    for shard in range(shards):
+        old = cast(
+            list[bytes],
+            await redis.zrangebyscore(keys.ended(shard), "-inf", cutoff, start=0, num=_BATCH),
+        )
+        for raw in old:
+            k = keys.JobKeys.of(raw.decode())
+            tenant = cast(bytes | None, await redis.hget(k.hash, "tenant"))
+            index = keys.tenant_jobs(tenant.decode() if tenant else "", shard)
+            await scripts.sweep_job(
+                keys=[
+                    *(k.hash, k.backlog, k.attempted, k.sent, k.failed, k.indoubt, k.errors),
+                    *(k.ended, k.stats, index),
+                ],
+                args=[k.job_id],
+            )
+            swept += 1
+    if swept:
+        log.info("ended jobs deleted after retention", extra={"jobs": swept})
+    return swept

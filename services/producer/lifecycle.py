@@ -1,0 +1,137 @@
+"""After submit: list a tenant's jobs, follow one live (Server-Sent Events), and pause, resume
+or cancel it fleet-wide. Each control is one Lua call; consumers see the new status at their
+next permit batch, so the whole fleet obeys within about a second."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import cast
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from services.producer import jobs
+from services.producer.common import State, authenticate, json_response, limit_param, state_of
+from shared import control, jobview, keys
+from shared.errors import ApiError
+from shared.models import JobList, JobView, json_encode
+
+_EVENT_POLL_S = 0.25
+_HEARTBEAT_S = 15.0
+_LIST_MAX = 200
+STATUSES = ("scheduled", "pending", "running", "paused", "completed", "failed", "cancelled")
+
+
+async def _own_job(request: Request) -> tuple[State, keys.JobKeys, JobView]:
+    state = state_of(request)
+    tenant = authenticate(request)
+    job_id = request.path_params["job_id"]
+    view = await jobs.read(state.redis, job_id, tenant)
+    if view is None:
+        raise ApiError(404, "not_found", "no such job")
+    return state, keys.JobKeys.of(job_id), view
+
+
+async def pause_job(request: Request) -> Response:
+    state, k, view = await _own_job(request)
+    status = await control.pause(state.scripts, k)
+    if status in jobview.ENDED:
+        raise ApiError(409, "job_ended", f"the job has already ended ({status})")
+    return await _reply(request, state, k)
+
+
+async def resume_job(request: Request) -> Response:
+    state, k, view = await _own_job(request)
+    status = await control.resume(state.scripts, k, state.settings.window)
+    if status in jobview.ENDED and view.status != "paused":
+        raise ApiError(409, "job_ended", f"the job has already ended ({status})")
+    return await _reply(request, state, k)
+
+
+async def cancel_job(request: Request) -> Response:
+    state, k, view = await _own_job(request)
+    stopped = await control.stop_job(state.scripts, k, "cancelled", "cancelled by request")
+    if not stopped and view.status in jobview.ENDED and view.status != "cancelled":
+        raise ApiError(409, "job_ended", f"the job has already ended ({view.status})")
+    return await _reply(request, state, k)
+
+
+async def _reply(request: Request, state: State, k: keys.JobKeys) -> Response:
+    view = await jobs.read(state.redis, k.job_id, authenticate(request))
+    return json_response(view)
+
+
+async def list_jobs(request: Request) -> Response:
+    """The tenant's jobs, newest first, across every shard; ``next`` pages on."""
+    state = state_of(request)
+    tenant = authenticate(request)
+    status = request.query_params.get("status")
+    if status is not None and status not in STATUSES:
+        raise ApiError(
+            422, "invalid_field", f"status must be one of {', '.join(STATUSES)}", "status"
+        )
+    limit = limit_param(request, 50, _LIST_MAX)
+    after = request.query_params.get("after")
+    if after is not None and not after.isdigit():
+        raise ApiError(
+            422, "invalid_field", "after must be a `next` value from a previous page", "after"
+        )
+    items, cursor = await _page(state, tenant, status, limit, int(after) if after else None)
+    return json_response(JobList(items=items, next=cursor))
+
+
+async def _page(
+    state: State, tenant: str, status: str | None, limit: int, before_ms: int | None
+) -> tuple[list[JobView], str | None]:
+    items: list[JobView] = []
+    top = f"({before_ms}" if before_ms is not None else "+inf"
+    while len(items) < limit:
+        candidates: list[tuple[float, str]] = []
+        for shard in range(state.settings.shards):
+            found = await state.redis.zrevrangebyscore(
+                keys.tenant_jobs(tenant, shard), top, "-inf", start=0, num=limit, withscores=True
+            )
+            pairs = cast(list[tuple[bytes, float]], found)
+            candidates += [(score, job_id.decode()) for job_id, score in pairs]
+        if not candidates:
+            return items, None
+        candidates.sort(reverse=True)
+        batch = candidates[:limit]
+        for score, job_id in batch:
+            found_view = await jobview.load(state.redis, job_id)
+            if found_view is not None and (status is None or found_view[1].status == status):
+                items.append(found_view[1])
+                if len(items) == limit:
+                    return items, str(int(score))
+        top = f"({int(batch[-1][0])}"
+    return items, None
+
+
+async def job_events(request: Request) -> Response:
+    """The job's snapshot as Server-Sent Events, on every change, until it ends."""
+    state, k, view = await _own_job(request)
+
+    async def stream() -> AsyncIterator[bytes]:
+        last = b""
+        idle = 0.0
+        while True:
+            found = await jobview.load(state.redis, k.job_id)
+            if found is None:
+                yield b"event: gone\ndata: {}\n\n"
+                return
+            data = json_encode(found[1])
+            if data != last:
+                yield b"event: job\ndata: " + data + b"\n\n"
+                last, idle = data, 0.0
+            elif idle >= _HEARTBEAT_S:
+                yield b": keep-alive\n\n"
+                idle = 0.0
+            if found[1].status in jobview.ENDED:
+                yield b"event: end\ndata: " + data + b"\n\n"
+                return
+            await asyncio.sleep(_EVENT_POLL_S)
+            idle += _EVENT_POLL_S
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

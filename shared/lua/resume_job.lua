@@ -1,0 +1,48 @@
+-- Resume a paused job: back to where it was, with its window of chunks released again
+-- (minus those still out in the stream).
+-- KEYS: 1 job hash, 2 backlog, 3 shard work stream, 4 shard job stats, 5 shard ended jobs,
+--       6 shard due callbacks
+-- ARGV: 1 window if the job has none of its own, 2 job id
+-- Returns the job's status after the call ('missing' if it does not exist).
+local function ended(now_ms)
+  redis.call('ZADD', KEYS[5], now_ms, ARGV[2])
+  local url = redis.call('HGET', KEYS[1], 'callback_url')
+  if url and url ~= '' then
+    redis.call('XADD', KEYS[6], '*', 'job', ARGV[2])
+  end
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status ~= 'paused' then return status end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local h = redis.call('HMGET', KEYS[1], 'paused_from', 'send_at', 'started_at', 'released', 'acked',
+  'total', 'sent', 'failed', 'skipped')
+local next_status = 'pending'
+if h[3] then next_status = 'running' end
+if h[1] == 'scheduled' and tonumber(h[2] or '0') > now_ms then
+  next_status = 'scheduled'  -- still in the scheduled set; released when due
+end
+redis.call('HINCRBY', KEYS[4], 'paused', -1)
+if next_status ~= 'scheduled'
+    and tonumber(h[7]) + tonumber(h[8]) + tonumber(h[9]) >= tonumber(h[6]) then
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now_ms)
+  redis.call('HINCRBY', KEYS[4], 'completed', 1)
+  ended(now_ms)
+  return 'completed'
+end
+redis.call('HSET', KEYS[1], 'status', next_status)
+redis.call('HINCRBY', KEYS[4], next_status, 1)
+if next_status ~= 'scheduled' then
+  local out = tonumber(h[4]) - tonumber(h[5])
+  local released = 0
+  local window = tonumber(redis.call('HGET', KEYS[1], 'window') or ARGV[1])
+  for _ = 1, window - out do
+    local chunk = redis.call('LPOP', KEYS[2])
+    if not chunk then break end
+    redis.call('XADD', KEYS[3], '*', 'c', chunk)
+    released = released + 1
+  end
+  redis.call('HINCRBY', KEYS[1], 'released', released)
+end
+return next_status
