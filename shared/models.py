@@ -34,15 +34,20 @@ class Message(msgspec.Struct, forbid_unknown_fields=True):
     text: Annotated[str, Meta(min_length=1, max_length=MAX_TEXT)]
 
 
-class JobRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A job without its recipients: the ``spec`` part of a multipart upload."""
+
     page_id: PageId
     message: Message
-    recipients: Annotated[list[Psid], Meta(min_length=1)]
     messaging_type: MessagingType
     tag: MessageTag | None = None
     metadata: dict[str, Any] | None = None
     send_at: Annotated[str, Meta(max_length=64)] | None = None  # ISO 8601 with a time zone
     callback_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+
+
+class JobRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
+    recipients: Annotated[list[Psid], Meta(min_length=1)]
 
 
 class JobAccepted(msgspec.Struct, kw_only=True):
@@ -113,6 +118,7 @@ class Chunk(msgspec.Struct, kw_only=True):
     no: int
     start: int  # position of ids[0] in the job; ids[i] is recipient start + i
     ids: list[str]
+    vars: list[dict[str, str]] | None = None  # per recipient, the columns the text uses
 
 
 class OutboundMessage(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -162,5 +168,6 @@ class Outcome(msgspec.Struct, array_like=True):
 json_encode = msgspec.json.Encoder().encode
 msgpack_encode = msgspec.msgpack.Encoder().encode
 job_request_decoder = msgspec.json.Decoder(JobRequest)
+upload_spec_decoder = msgspec.json.Decoder(UploadSpec)
 chunk_decoder = msgspec.msgpack.Decoder(Chunk)
 graph_answer_decoder = msgspec.json.Decoder(GraphAnswer)

@@ -28,11 +28,13 @@ import email.utils
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TypeVar, cast
 
 import httpx
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import callbacks, jobview, keys
 from shared.classify import backoff
@@ -40,6 +42,7 @@ from shared.models import json_encode
 from shared.scripts import Scripts
 from shared.settings import ConsumerSettings
 
+T = TypeVar("T")
 log = logging.getLogger("fanout.consumer")
 
 MAX_IN_FLIGHT = 64  # callbacks in progress (posting or waiting to retry) per consumer
@@ -50,6 +53,11 @@ _TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _REQUEST_DEADLINE_S = 30.0  # the whole request, however slowly the receiver trickles
 _ERROR_MAX = 200
 _HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM
+# A blip (a restart, a failover, a pooled connection that died with the server) is retried
+# within the callback, about 6 s in all; past that the entry waits for takeover.
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+_REDIS_TRIES = 5
+_SETTLE_WAIT_S = 10.0  # at shutdown, for outcomes being recorded
 
 # Record a callback's progress on its job, never recreating a hash the retention sweep has
 # removed, and settle the stream entry with it when the outcome is final: one step, so a crash
@@ -110,8 +118,10 @@ class CallbackSender:
             limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=0),
         )
         self._held: dict[Entry, asyncio.Task[None]] = {}
+        self._settling: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._unsigned_warned: set[str] = set()
+        self._turn = 0
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -159,6 +169,8 @@ class CallbackSender:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._held.clear()
+        if self._settling:  # shielded from the cancellation: let them land
+            await asyncio.wait(self._settling, timeout=_SETTLE_WAIT_S)
         try:
             await self._lease(entries, _HAND_BACK_IDLE_MS)
         except (RedisError, OSError) as exc:
@@ -177,12 +189,13 @@ class CallbackSender:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            streams = self._streams_to_read(room)
             try:
                 reply = await self.redis.xreadgroup(
                     keys.CALLBACK_GROUP,
                     self.name,
-                    dict.fromkeys(self.streams, ">"),
-                    count=min(_READ_COUNT, max(1, room // len(self.streams))),
+                    dict.fromkeys(streams, ">"),
+                    count=min(_READ_COUNT, room // len(streams)),
                     block=block_ms,
                 )
                 backoff_s = 0.1
@@ -196,6 +209,15 @@ class CallbackSender:
             for stream, entries in cast(_Replies, reply) or []:
                 for entry_id, fields in entries:
                     self._take(stream.decode(), entry_id, fields or {})
+
+    def _streams_to_read(self, room: int) -> list[str]:
+        """Every stream, or, with room for fewer entries than there are shards, that many of
+        them in turn (COUNT applies per stream: the bound holds either way)."""
+        if room >= len(self.streams):
+            return self.streams
+        start = self._turn % len(self.streams)
+        self._turn += room
+        return (self.streams[start:] + self.streams[:start])[:room]
 
     def _take(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         """Start an entry's task (from a read or a takeover), unless it is in progress."""
@@ -221,18 +243,23 @@ class CallbackSender:
             self._room.set()
 
     async def _deliver(self, entry: Entry, job_id: str) -> None:
-        loaded = await jobview.load(self.redis, job_id)
+        loaded = await _retrying(lambda: jobview.load(self.redis, job_id))
         url = loaded[1].callback_url if loaded is not None else None
         if loaded is None or url is None:
-            log.info("callback dropped: the job is gone", extra={"job_id": job_id})
+            log.info(
+                "callback dropped: the job is gone or has no callback_url",
+                extra={"job_id": job_id},
+            )
             await self._settle(entry, None, {})
             return
         tenant, view = loaded
         job = keys.JobKeys.of(job_id)
         status, done, last_error = cast(
             list[bytes | None],
-            await self.redis.hmget(
-                job.hash, ["callback_status", "callback_attempts", "callback_error"]
+            await _retrying(
+                lambda: self.redis.hmget(
+                    job.hash, ["callback_status", "callback_attempts", "callback_error"]
+                )
             ),
         )
         if status in (b"delivered", b"failed"):  # recorded just before a crash
@@ -252,11 +279,7 @@ class CallbackSender:
             error = result.error
             if result.final or attempts >= self.settings.callback_attempts:
                 break
-            # Progress only, the entry stays pending: a takeover resumes from this count.
-            await self._record(
-                keys=[job.hash, entry[0]],
-                args=[keys.CALLBACK_GROUP, "", *_flat(_fields(None, attempts, error))],
-            )
+            await self._progress(entry, job, attempts, error)
             delay = backoff(
                 attempts, base=self.base_delay_s, cap=_BACKOFF_CAP_S, retry_after=result.retry_after
             )
@@ -327,12 +350,21 @@ class CallbackSender:
     ) -> None:
         """Record the outcome (if any) and XACK + XDEL the entry, shielded from cancellation."""
         stream, entry_id = entry
-        await asyncio.shield(
-            self._record(
-                keys=[job.hash if job is not None else stream, stream],
-                args=[keys.CALLBACK_GROUP, entry_id, *_flat(fields)],
-            )
-        )
+        record_keys = [job.hash if job is not None else stream, stream]
+        args = [keys.CALLBACK_GROUP, entry_id, *_flat(fields)]
+
+        async def record() -> None:
+            await _retrying(lambda: self._record(keys=record_keys, args=args))
+
+        task = asyncio.create_task(record())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _progress(self, entry: Entry, job: keys.JobKeys, attempts: int, error: str) -> None:
+        """Record the attempts so far; the entry stays pending and a takeover resumes here."""
+        args = [keys.CALLBACK_GROUP, "", *_flat(_fields(None, attempts, error))]
+        await _retrying(lambda: self._record(keys=[job.hash, entry[0]], args=args))
 
     async def _give_up(self, entry: Entry, job_id: str, error: str) -> None:
         job = keys.JobKeys.of(job_id) if keys.shard_of(job_id) is not None else None
@@ -368,7 +400,9 @@ class CallbackSender:
         for entry in lost:
             task = self._held.get(entry)
             if task is not None and not task.done():
-                log.warning("callback taken over by another consumer", extra={"entry": entry[1]})
+                log.warning(
+                    "callback taken over by another consumer", extra={"entry": entry[1].decode()}
+                )
                 task.cancel()
 
     async def _lease(self, entries: list[Entry], idle_ms: int) -> list[Entry]:
@@ -403,6 +437,19 @@ class CallbackSender:
                     self._take(stream, entry_id, fields)
                 if cursor == b"0-0":
                     break
+
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again after a short backoff when Redis is briefly unreachable."""
+    delay_s = 0.2
+    for _ in range(_REDIS_TRIES - 1):
+        try:
+            return await call()
+        except _TRANSIENT as exc:
+            log.info("redis call failed; retrying", extra={"error": str(exc)})
+            await asyncio.sleep(delay_s)
+            delay_s *= 2
+    return await call()
 
 
 def _fields(status: str | None, attempts: int, error: str) -> dict[str, str | int]:

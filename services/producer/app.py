@@ -13,9 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -25,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import jobs, lifecycle, observe
+from services.producer import intake, jobs, lifecycle, observe
 from services.producer.common import (
     State,
     authenticate,
@@ -38,156 +36,33 @@ from shared.errors import ApiError
 from shared.jobview import ENDED
 from shared.models import (
     JobAccepted,
-    JobRequest,
     JobView,
-    job_request_decoder,
-    json_encode,
 )
 from shared.redisconn import connect
 from shared.scripts import Scripts
 from shared.settings import ProducerSettings
 
 log = logging.getLogger("fanout.producer")
-_MAX_METADATA = 4096
-# Jobs above this size are decoded and chunked in a thread, so the loop keeps answering.
 _THREAD_ABOVE_BYTES = 256 * 1024
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    too_large = ApiError(
-        413, "body_too_large", f"request body exceeds the limit of {limit} bytes (FANOUT_MAX_BODY)"
-    )
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ApiError(400, "bad_request", "Content-Length is not a number")
-        if int(length) > limit:
-            raise too_large
-    parts: list[bytes] = []
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise too_large
-        parts.append(part)
-    return b"".join(parts)
-
-
-_AT = re.compile(r"at `\$\.?([^`]*)`")
-_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
-
-
-def _field_of(message: str) -> str | None:
-    """The JSON path msgspec names, as ``message.text`` or ``recipients[3]``."""
-    at = _AT.search(message)
-    named = _NAMED.search(message)
-    parts = [p for p in (at.group(1) if at else "", named.group(1) if named else "") if p]
-    return ".".join(parts) or None
-
-
-def decode_job(body: bytes) -> JobRequest:
-    try:
-        return job_request_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        raise ApiError(422, "invalid_field", text, _field_of(text)) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-
-
-def check_job(job: JobRequest, settings: ProducerSettings) -> None:
-    if job.messaging_type == "MESSAGE_TAG" and job.tag is None:
-        raise ApiError(422, "invalid_field", "messaging_type MESSAGE_TAG needs a tag", "tag")
-    if job.messaging_type != "MESSAGE_TAG" and job.tag is not None:
-        raise ApiError(
-            422, "invalid_field", "a tag is only allowed with messaging_type MESSAGE_TAG", "tag"
-        )
-    if job.page_id not in settings.page_ids:
-        raise ApiError(
-            422, "unknown_page", f"page {job.page_id} has no configured page token", "page_id"
-        )
-    if len(job.recipients) > settings.max_recipients:
-        raise ApiError(
-            422,
-            "too_many_recipients",
-            f"{len(job.recipients)} recipients exceed the limit of {settings.max_recipients}"
-            " (FANOUT_MAX_RECIPIENTS)",
-            "recipients",
-        )
-    if job.metadata is not None and len(json_encode(job.metadata)) > _MAX_METADATA:
-        raise ApiError(
-            422, "invalid_field", f"metadata exceeds {_MAX_METADATA} bytes as JSON", "metadata"
-        )
-
-
-_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_MAX_WAIT_S = 25
-_MAX_SCHEDULE_AHEAD_S = 366 * 86400
-
-
-def idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
-        raise ApiError(
-            422,
-            "invalid_field",
-            "Idempotency-Key must be 1-64 characters of letters, digits and _.:-",
-            "Idempotency-Key",
-        )
-    return key
-
-
-def wait_seconds(request: Request) -> float:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return 0.0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= _MAX_WAIT_S:
-        message = f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}"
-        raise ApiError(422, "invalid_field", message, "wait")
-    return seconds
-
-
-def send_at_ms(job: JobRequest) -> int:
-    """The job's send_at as epoch ms (0: now). Needs a time zone: a bare local time would
-    mean a different moment on every server."""
-    if job.send_at is None:
-        return 0
-    try:
-        when = datetime.fromisoformat(job.send_at.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(
-            422, "invalid_field", "send_at is not an ISO 8601 date and time", "send_at"
-        ) from None
-    if when.tzinfo is None:
-        message = "send_at needs a time zone, e.g. 2026-12-01T09:00:00Z or +01:00"
-        raise ApiError(422, "invalid_field", message, "send_at")
-    ms = int(when.timestamp() * 1000)
-    if ms > (time.time() + _MAX_SCHEDULE_AHEAD_S) * 1000:
-        raise ApiError(422, "invalid_field", "send_at is more than a year ahead", "send_at")
-    return ms
 
 
 def _parse_and_prepare(
     body: bytes, settings: ProducerSettings, tenant: str, key: str | None
 ) -> jobs.PreparedJob:
-    job = decode_job(body)
-    check_job(job, settings)
-    return jobs.prepare(job, body, tenant, settings, send_at_ms(job), key)
+    job = intake.decode_job(body)
+    text = intake.check_job(job, settings)
+    return jobs.prepare(job, text, body, tenant, settings, intake.send_at_ms(job), key)
 
 
 async def submit_job(request: Request) -> Response:
     state = state_of(request)
     tenant = authenticate(request)
-    key = idempotency_key(request)
-    wait_s = wait_seconds(request)
+    key = intake.idempotency_key(request)
+    wait_s = intake.wait_seconds(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the job as application/json")
-    body = await read_body(request, state.settings.max_body)
+    body = await intake.read_body(request, state.settings.max_body)
     if len(body) > _THREAD_ABOVE_BYTES:
         prepared = await asyncio.to_thread(_parse_and_prepare, body, state.settings, tenant, key)
     else:

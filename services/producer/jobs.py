@@ -58,6 +58,7 @@ def shard_for(tenant: str, idempotency_key: str | None, shards: int) -> int:
 
 def prepare(
     request: JobRequest,
+    text: str,
     body: bytes,
     tenant: str,
     settings: ProducerSettings,
@@ -76,7 +77,7 @@ def prepare(
     fields: dict[str, Any] = {
         "tenant": tenant,
         "page_id": request.page_id,
-        "text": request.message.text,
+        "text": text,
         "messaging_type": request.messaging_type,
         "tag": request.tag or "",
         "metadata": json_encode(request.metadata).decode() if request.metadata else "",

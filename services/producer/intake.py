@@ -1,0 +1,178 @@
+"""What a submit must pass before anything is written: the body within its limit, valid JSON
+of the right shape, the rules Meta adds (tags, text length, placeholders), and the headers and
+query parameters that shape the job (Idempotency-Key, ?wait=, send_at)."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from shared.errors import ApiError
+from shared.models import MAX_TEXT, JobRequest, UploadSpec, job_request_decoder, json_encode
+from shared.settings import ProducerSettings
+from shared.template import Template
+
+T = TypeVar("T")
+
+_MAX_METADATA = 4096
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    too_large = ApiError(
+        413, "body_too_large", f"request body exceeds the limit of {limit} bytes (FANOUT_MAX_BODY)"
+    )
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "bad_request", "Content-Length is not a number")
+        if int(length) > limit:
+            raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise too_large
+        parts.append(part)
+    return b"".join(parts)
+
+
+_AT = re.compile(r"at `\$\.?([^`]*)`")
+_NAMED = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    """The JSON path msgspec names, as ``message.text`` or ``recipients[3]``."""
+    at = _AT.search(message)
+    named = _NAMED.search(message)
+    parts = [p for p in (at.group(1) if at else "", named.group(1) if named else "") if p]
+    return ".".join(parts) or None
+
+
+def decode(body: bytes, decoder: msgspec.json.Decoder[T], prefix: str = "") -> T:
+    """Decode a JSON body; 400 if it is not JSON, 422 naming the field if it is the wrong shape."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        field = _field_of(text)
+        where = prefix + field if field else prefix or None
+        raise ApiError(422, "invalid_field", text, where) from None
+    except msgspec.DecodeError as exc:
+        message = f"{prefix or 'request body'} is not valid JSON: {exc}"
+        raise ApiError(400, "invalid_json", message, prefix or None) from None
+
+
+def decode_job(body: bytes) -> JobRequest:
+    return decode(body, job_request_decoder)
+
+
+def check_spec(spec: UploadSpec, settings: ProducerSettings) -> Template:
+    """The rules every job must meet, whatever carries its recipients; returns its template."""
+    if spec.messaging_type == "MESSAGE_TAG" and spec.tag is None:
+        raise ApiError(422, "invalid_field", "messaging_type MESSAGE_TAG needs a tag", "tag")
+    if spec.messaging_type != "MESSAGE_TAG" and spec.tag is not None:
+        raise ApiError(
+            422, "invalid_field", "a tag is only allowed with messaging_type MESSAGE_TAG", "tag"
+        )
+    if spec.page_id not in settings.page_ids:
+        raise ApiError(
+            422, "unknown_page", f"page {spec.page_id} has no configured page token", "page_id"
+        )
+    if spec.metadata is not None and len(json_encode(spec.metadata)) > _MAX_METADATA:
+        raise ApiError(
+            422, "invalid_field", f"metadata exceeds {_MAX_METADATA} bytes as JSON", "metadata"
+        )
+    try:
+        return Template.parse(spec.message.text)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", str(exc), "message.text") from None
+
+
+def check_count(count: int, settings: ProducerSettings) -> None:
+    if count > settings.max_recipients:
+        raise ApiError(
+            422,
+            "too_many_recipients",
+            f"{count} recipients exceed the limit of {settings.max_recipients}"
+            " (FANOUT_MAX_RECIPIENTS)",
+            "recipients",
+        )
+
+
+def check_job(job: JobRequest, settings: ProducerSettings) -> str:
+    """A JSON job: its recipients carry no variables, so every placeholder needs a default.
+    Returns the text to send (placeholders filled with their defaults)."""
+    template = check_spec(job, settings)
+    check_count(len(job.recipients), settings)
+    missing = template.unfillable({})
+    if missing is not None:
+        raise ApiError(
+            422,
+            "unfillable_placeholder",
+            f"{{{{{missing}}}}} has no value: upload the recipients as CSV with a {missing}"
+            f" column, or give a default as {{{{{missing}|...}}}}",
+            "message.text",
+        )
+    text = template.render({})
+    if len(text) > MAX_TEXT:
+        raise ApiError(
+            422, "invalid_field", f"the text is over {MAX_TEXT} characters", "message.text"
+        )
+    return text
+
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_MAX_WAIT_S = 25
+_MAX_SCHEDULE_AHEAD_S = 366 * 86400
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            422,
+            "invalid_field",
+            "Idempotency-Key must be 1-64 characters of letters, digits and _.:-",
+            "Idempotency-Key",
+        )
+    return key
+
+
+def wait_seconds(request: Request) -> float:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= _MAX_WAIT_S:
+        message = f"wait must be a number of seconds from 0 to {_MAX_WAIT_S}"
+        raise ApiError(422, "invalid_field", message, "wait")
+    return seconds
+
+
+def send_at_ms(job: UploadSpec) -> int:
+    """The job's send_at as epoch ms (0: now). Needs a time zone: a bare local time would
+    mean a different moment on every server."""
+    if job.send_at is None:
+        return 0
+    try:
+        when = datetime.fromisoformat(job.send_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            422, "invalid_field", "send_at is not an ISO 8601 date and time", "send_at"
+        ) from None
+    if when.tzinfo is None:
+        message = "send_at needs a time zone, e.g. 2026-12-01T09:00:00Z or +01:00"
+        raise ApiError(422, "invalid_field", message, "send_at")
+    ms = int(when.timestamp() * 1000)
+    if ms > (time.time() + _MAX_SCHEDULE_AHEAD_S) * 1000:
+        raise ApiError(422, "invalid_field", "send_at is more than a year ahead", "send_at")
+    return ms
