@@ -48,7 +48,8 @@ def _run_consumer(args: argparse.Namespace) -> int:
     if args.name:
         os.environ["FANOUT_CONSUMER_NAME"] = args.name
     settings = consumer_settings()
-    logs.setup("consumer", settings.log_level, (s.reveal() for s in settings.page_tokens.values()))
+    secrets = [*settings.page_tokens.values(), *settings.callback_secrets.values()]
+    logs.setup("consumer", settings.log_level, (s.reveal() for s in secrets))
     uvloop.run(serve(settings))
     return 0
 

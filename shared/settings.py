@@ -59,6 +59,7 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     window: int
     max_body: int
     max_recipients: int
+    max_upload: int
     retention_s: int
     callback_allow: tuple[str, ...]  # hosts or CIDRs a callback may target despite being private
     log_level: str
@@ -187,6 +188,7 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
         window=env.integer("FANOUT_WINDOW", 8, 1, 1000),
         max_body=env.integer("FANOUT_MAX_BODY", 32 * 1024 * 1024, 1024, 1024**3),
         max_recipients=env.integer("FANOUT_MAX_RECIPIENTS", 1_000_000, 1, 100_000_000),
+        max_upload=env.integer("FANOUT_MAX_UPLOAD", 256 * 1024 * 1024, 1024, 64 * 1024**3),
         retention_s=env.duration_s("FANOUT_RETENTION", "7d"),
         callback_allow=env.words("FANOUT_CALLBACK_ALLOW"),
         log_level=env.log_level(),

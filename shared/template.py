@@ -11,11 +11,13 @@ _BROKEN = re.compile(r"\{\{|\}\}")
 
 
 class Template:
-    __slots__ = ("names", "parts")
+    __slots__ = ("names", "parts", "required")
 
     def __init__(self, parts: list[str | tuple[str, str | None]]) -> None:
         self.parts = parts
         self.names = sorted({p[0] for p in parts if isinstance(p, tuple)})
+        # Placeholders used at least once without a default: every recipient needs a value.
+        self.required = sorted({p[0] for p in parts if isinstance(p, tuple) and p[1] is None})
 
     @classmethod
     def parse(cls, text: str) -> Template:

@@ -217,3 +217,53 @@ def test_retention_deletes_ended_jobs(stack: Stack) -> None:
     assert stack.r.xlen(k.work) == 0
     text = api.get("/metrics").text
     assert 'fanout_jobs{status="completed"} 0.0' in text
+
+
+def test_completion_callback_is_signed_and_private_targets_are_refused(stack: Stack) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from conftest import free_port
+
+    from shared.callbacks import verify
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stack.env["FANOUT_CALLBACK_ALLOW"] = "127.0.0.1/32"
+        stack.start_fakegraph()
+        api = stack.start_producer()
+        stack.start_consumer("c1", FANOUT_CALLBACK_SECRETS="acme=hook-secret-1")
+        url = f"http://127.0.0.1:{port}/hooks/fanout"
+        job_id = stack.submit(psids(120), callback_url=url)
+        stack.wait_done(job_id, 30)
+        wait_for(lambda: received, 20, "the callback")
+        headers, raw = received[0]
+        sent = json.loads(raw)
+        assert sent["job_id"] == job_id and sent["status"] == "completed" and sent["sent"] == 120
+        assert verify("hook-secret-1", raw, headers["X-Fanout-Signature"])
+        assert not verify("another-secret", raw, headers["X-Fanout-Signature"])
+        wait_for(lambda: stack.r.hget(keys.JobKeys.of(job_id).hash, "callback_status"), 10, "x")
+        assert len(received) == 1
+        # A callback into a private network is refused at submit, and nothing is written.
+        before = stack.r.dbsize()
+        refused = api.post("/v1/jobs", json=body(5, callback_url="http://10.0.0.5/hook"))
+        assert refused.status_code == 422
+        assert refused.json()["error"]["field"] == "callback_url"
+        assert stack.r.dbsize() == before
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -26,19 +26,26 @@ from services.consumer.limiter import PageLimiter
 from shared import metrics
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
-from shared.models import Chunk, Failure, Outcome, json_encode
+from shared.models import MAX_TEXT, Chunk, Failure, Outcome, json_encode
 from shared.provider import Head, MessengerClient
+from shared.template import Template
 
 log = logging.getLogger("fanout.consumer")
 
 _THROTTLE_BUDGET = 50  # attempts per recipient while the provider keeps saying "slow down"
 _SENT = metrics.MESSAGES.labels("sent", "")
+_TOO_LONG = Decision(
+    "failed", "text_too_long", "", f"the personalised text is over {MAX_TEXT} characters"
+)
 
 
 class JobSpec:
     """What every message of one job shares, the Send API body pre-split around the PSID."""
 
-    __slots__ = ("_prefix", "_suffix", "head", "job_id", "keys", "limiter", "page_id", "stopped")
+    __slots__ = (
+        *("_messaging_type", "_prefix", "_suffix", "_tag", "_template"),
+        *("head", "job_id", "keys", "limiter", "page_id", "stopped"),
+    )
 
     def __init__(
         self,
@@ -49,6 +56,7 @@ class JobSpec:
         text: str,
         messaging_type: str,
         tag: str | None,
+        personal: bool = False,
     ) -> None:
         self.keys = keys
         self.job_id = keys.job_id
@@ -56,15 +64,27 @@ class JobSpec:
         self.head = head  # the framed request head, page token included: memory only
         self.limiter = limiter
         self.stopped = False  # the job was stopped: send nothing more for it
-        rest = {"message": {"text": text}, "messaging_type": messaging_type}
-        if tag:
-            rest["tag"] = tag
-        tail = json_encode(rest)  # b'{"message":...}'
+        self._template = Template.parse(text) if personal else None
+        self._messaging_type = messaging_type
+        self._tag = tag
         self._prefix = b'{"recipient":{"id":'
-        self._suffix = b"}," + tail[1:]
+        self._suffix = b"}," + self._tail(text)
 
-    def body(self, psid: str) -> bytes:
-        return self._prefix + json_encode(psid) + self._suffix
+    def _tail(self, text: str) -> bytes:
+        rest = {"message": {"text": text}, "messaging_type": self._messaging_type}
+        if self._tag:
+            rest["tag"] = self._tag
+        return json_encode(rest)[1:]  # '"message":...}' of '{"message":...}'
+
+    def body(self, psid: str, values: dict[str, str] | None) -> bytes | None:
+        """The Send API body for one recipient; None when its rendered text is too long."""
+        suffix = self._suffix
+        if self._template is not None:
+            text = self._template.render(values or {})
+            if len(text) > MAX_TEXT:
+                return None
+            suffix = b"}," + self._tail(text)
+        return self._prefix + json_encode(psid) + suffix
 
 
 class ChunkWork:
@@ -153,9 +173,16 @@ class Senders:
         spec = work.spec
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
+        chunk = work.chunk
+        body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
+        if body is None:
+            work.fail(index, _TOO_LONG, attempt)
+            metrics.MESSAGES.labels("failed", _TOO_LONG.code).inc()
+            work.settle()
+            return
         metrics.IN_FLIGHT.inc()
         try:
-            result = await self.client.send(spec.head, spec.body(work.chunk.ids[index]))
+            result = await self.client.send(spec.head, body)
         finally:
             metrics.IN_FLIGHT.dec()
         metrics.SEND_DURATION.observe(result.seconds)

@@ -21,6 +21,7 @@ class JobFields(msgspec.Struct, frozen=True):
     text: str
     messaging_type: str
     tag: str | None
+    personal: bool  # the text has placeholders, filled per recipient
 
 
 class Begun(msgspec.Struct, frozen=True):
@@ -42,11 +43,13 @@ def _text(value: bytes | None) -> str:
 
 async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
     """What every message of the job shares; None when the job no longer exists."""
-    values = await redis.hmget(k.hash, ["page_id", "text", "messaging_type", "tag"])
-    page_id, text, messaging_type, tag = cast(list[bytes | None], values)
+    values = await redis.hmget(k.hash, ["page_id", "text", "messaging_type", "tag", "personal"])
+    page_id, text, messaging_type, tag, personal = cast(list[bytes | None], values)
     if page_id is None:
         return None
-    return JobFields(_text(page_id), _text(text), _text(messaging_type), _text(tag) or None)
+    return JobFields(
+        _text(page_id), _text(text), _text(messaging_type), _text(tag) or None, bool(personal)
+    )
 
 
 async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Begun:

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from services.consumer import health
+from services.consumer.callbacks import CallbackSender
 from services.consumer.worker import Consumer
 from shared.redisconn import connect
 from shared.settings import ConsumerSettings
@@ -21,9 +22,15 @@ async def serve(settings: ConsumerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
     probes = await health.start(consumer, settings.metrics_port)
+    callbacks = CallbackSender(redis, settings)
+    callbacks_task = asyncio.create_task(callbacks.run())
     try:
         await consumer.run()
     finally:
+        # After the drain: callbacks of jobs the drain just finished are already queued.
+        callbacks_task.cancel()
+        await asyncio.gather(callbacks_task, return_exceptions=True)
+        await callbacks.close()
         if probes is not None:
             probes.close()
         await redis.aclose()

@@ -299,6 +299,7 @@ class Consumer:
             fields.text,
             fields.messaging_type,
             fields.tag,
+            fields.personal,
         )
         self._specs[k.job_id] = spec
         return spec

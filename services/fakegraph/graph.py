@@ -147,6 +147,8 @@ class FakeGraph:
             return self._error(r.UNAVAILABLE)
 
         self.stats.deliver(page, psid)
+        if request.message is not None and request.message.text is not None:
+            self.stats.remember_text(psid, request.message.text)
         self._message_count += 1
         return 200, r.success_body(psid, self._message_prefix, self._message_count)
 
@@ -183,6 +185,8 @@ class FakeGraph:
             return 200, r.json_body(self.stats.snapshot(int(time.time())))
         if path == b"/_fake/delivered" and method == b"GET":
             return 200, r.json_body(self.stats.deliveries)
+        if path == b"/_fake/texts" and method == b"GET":
+            return 200, r.json_body(self.stats.texts)
         if path == b"/_fake/reset" and method == b"POST":
             self.reset()
             return 200, r.json_body(self.stats.snapshot(int(time.time())))

@@ -9,6 +9,7 @@ from __future__ import annotations
 WINDOW_SECONDS = 600
 """How many wall-clock seconds of per-page request counts `snapshot()` reports."""
 MAX_DUPLICATE_IDS = 100
+MAX_TEXTS = 10_000
 
 
 class Stats:
@@ -23,6 +24,7 @@ class Stats:
         "max_per_second",
         "per_second",
         "deliveries",
+        "texts",
     )
 
     def __init__(self) -> None:
@@ -34,6 +36,7 @@ class Stats:
         self.max_per_second: dict[str, int] = {}
         self.per_second: dict[str, dict[int, int]] = {}
         self.deliveries: dict[str, dict[str, int]] = {}
+        self.texts: dict[str, str] = {}  # psid -> the last text it was sent (the first 10,000)
 
     def tick(self, page_id: str, second: int) -> int:
         """Count one request to `page_id` in wall-clock `second`; return that second's count."""
@@ -69,6 +72,11 @@ class Stats:
             self.unique += 1
         elif count == 2 and len(self.duplicate_ids) < MAX_DUPLICATE_IDS:
             self.duplicate_ids.append(psid)
+
+    def remember_text(self, psid: str, text: str) -> None:
+        """Keep what a recipient was sent (for tests of personalisation); bounded."""
+        if psid in self.texts or len(self.texts) < MAX_TEXTS:
+            self.texts[psid] = text
 
     def snapshot(self, now_second: int) -> dict[str, object]:
         """The `GET /_fake/stats` answer."""

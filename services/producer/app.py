@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import intake, jobs, lifecycle, observe
+from services.producer import intake, jobs, lifecycle, observe, upload
 from services.producer.common import (
     State,
     authenticate,
@@ -60,13 +60,20 @@ async def submit_job(request: Request) -> Response:
     key = intake.idempotency_key(request)
     wait_s = intake.wait_seconds(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send the job as application/json")
-    body = await intake.read_body(request, state.settings.max_body)
-    if len(body) > _THREAD_ABOVE_BYTES:
-        prepared = await asyncio.to_thread(_parse_and_prepare, body, state.settings, tenant, key)
+    if media == "multipart/form-data":
+        prepared = await upload.prepare_upload(request, state.redis, state.settings, tenant, key)
+    elif media == "application/json":
+        body = await intake.read_body(request, state.settings.max_body)
+        if len(body) > _THREAD_ABOVE_BYTES:
+            prepared = await asyncio.to_thread(
+                _parse_and_prepare, body, state.settings, tenant, key
+            )
+        else:
+            prepared = _parse_and_prepare(body, state.settings, tenant, key)
+        await intake.check_callback(prepared.fields["callback_url"], state.settings)
     else:
-        prepared = _parse_and_prepare(body, state.settings, tenant, key)
+        message = "send the job as application/json, or multipart/form-data with a CSV"
+        raise ApiError(415, "unsupported_media_type", message)
     committed = await jobs.commit(
         state.redis, state.scripts, prepared, state.settings.window, state.settings.retention_s
     )
@@ -153,7 +160,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     return error_response(ApiError(exc.status_code, code, str(exc.detail)))
 
 

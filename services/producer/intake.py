@@ -4,6 +4,7 @@ query parameters that shape the job (Idempotency-Key, ?wait=, send_at)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import datetime
@@ -12,6 +13,7 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 
+from shared.callbacks import check_target
 from shared.errors import ApiError
 from shared.models import MAX_TEXT, JobRequest, UploadSpec, job_request_decoder, json_encode
 from shared.settings import ProducerSettings
@@ -61,7 +63,7 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T], prefix: str = "") -> T
     except msgspec.ValidationError as exc:
         text = str(exc)
         field = _field_of(text)
-        where = prefix + field if field else prefix or None
+        where = f"{prefix}.{field}" if prefix and field else prefix or field
         raise ApiError(422, "invalid_field", text, where) from None
     except msgspec.DecodeError as exc:
         message = f"{prefix or 'request body'} is not valid JSON: {exc}"
@@ -92,6 +94,17 @@ def check_spec(spec: UploadSpec, settings: ProducerSettings) -> Template:
         return Template.parse(spec.message.text)
     except ValueError as exc:
         raise ApiError(422, "invalid_field", str(exc), "message.text") from None
+
+
+async def check_callback(url: str | None, settings: ProducerSettings) -> None:
+    """No callbacks into loopback or private networks (server-side request forgery), unless
+    FANOUT_CALLBACK_ALLOW names them. Resolving the host blocks: done in a thread."""
+    if not url:
+        return
+    try:
+        await asyncio.to_thread(check_target, url, settings.callback_allow)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", str(exc), "callback_url") from None
 
 
 def check_count(count: int, settings: ProducerSettings) -> None:

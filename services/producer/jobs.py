@@ -23,6 +23,7 @@ from shared.models import (
     ErrorPage,
     JobRequest,
     JobView,
+    UploadSpec,
     json_encode,
     msgpack_encode,
 )
@@ -56,6 +57,25 @@ def shard_for(tenant: str, idempotency_key: str | None, shards: int) -> int:
     return zlib.crc32(f"{tenant}:{idempotency_key}".encode()) % shards
 
 
+def job_fields(
+    spec: UploadSpec, text: str, tenant: str, settings: ProducerSettings, total: int, chunks: int
+) -> dict[str, Any]:
+    """The job hash's fields (the counters are the create script's)."""
+    return {
+        "tenant": tenant,
+        "page_id": spec.page_id,
+        "text": text,
+        "messaging_type": spec.messaging_type,
+        "tag": spec.tag or "",
+        "metadata": json_encode(spec.metadata).decode() if spec.metadata else "",
+        "callback_url": spec.callback_url or "",
+        "total": total,
+        "chunks": chunks,
+        "chunk_size": settings.chunk_size,
+        "window": settings.window,
+    }
+
+
 def prepare(
     request: JobRequest,
     text: str,
@@ -74,19 +94,7 @@ def prepare(
         msgpack_encode(Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + size]))
         for no, start in enumerate(range(0, len(recipients), size))
     ]
-    fields: dict[str, Any] = {
-        "tenant": tenant,
-        "page_id": request.page_id,
-        "text": text,
-        "messaging_type": request.messaging_type,
-        "tag": request.tag or "",
-        "metadata": json_encode(request.metadata).decode() if request.metadata else "",
-        "callback_url": request.callback_url or "",
-        "total": len(recipients),
-        "chunks": len(chunks),
-        "chunk_size": size,
-        "window": settings.window,
-    }
+    fields = job_fields(request, text, tenant, settings, len(recipients), len(chunks))
     return PreparedJob(
         job_id=job_id,
         total=len(recipients),
