@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from services import client
 from shared import logs
 from shared.settings import SettingsError, consumer_settings, producer_settings
 
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         " Meta allows 300)",
     )
     d.set_defaults(run=_run_demo)
+    client.add_commands(sub)
     return parser
 
 
@@ -119,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"fanout {args.command}: {exc}", file=sys.stderr)
         return 2
+    except client.CliError as exc:
+        print(f"fanout {args.command}: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
         return 130
     return code

@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from services.client import progress_line
+
 PAGE = "1234567890"
 
 
@@ -68,20 +70,6 @@ class Services:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.tmp.cleanup()
-
-
-def _bar(job: dict[str, Any], elapsed: float, width: int = 30) -> str:
-    total = max(1, job["total"])
-    done = job["sent"] + job["failed"] + job["skipped"]
-    fraction = done / total
-    filled = int(width * fraction)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    eta_text = f"{eta:5.1f}s" if eta != float("inf") else "   --"
-    return (
-        f"[{'#' * filled}{'-' * (width - filled)}] {fraction:6.1%}  {done:,}/{total:,}  "
-        f"sent {job['sent']:,}  failed {job['failed']:,}  {rate:7,.0f} msg/s  ETA {eta_text}"
-    )
 
 
 def _redis(services: Services) -> str:
@@ -182,10 +170,10 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         job = api.get(accepted["status_url"]).json()
         elapsed = time.perf_counter() - submitted
         if tty:
-            sys.stderr.write("\r" + _bar(job, elapsed))
+            sys.stderr.write("\r" + progress_line(job))
             sys.stderr.flush()
         elif time.monotonic() - last_line >= 1 or job["status"] != "running":
-            print(_bar(job, elapsed), file=sys.stderr)
+            print(progress_line(job), file=sys.stderr)
             last_line = time.monotonic()
         if job["status"] in ("completed", "failed", "cancelled"):
             break

@@ -1,0 +1,91 @@
+"""The ``fanout`` command as a user runs it: against a real producer, with one-line errors and
+exit codes a script can rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import API_TOKENS, PAGE, ROOT, Stack, free_port
+
+
+def fanout(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def test_send_watch_status_jobs_and_controls(stack: Stack, tmp_path: Path) -> None:
+    stack.start_fakegraph()
+    api = stack.start_producer()
+    stack.start_consumer("c1")
+    env = {"FANOUT_URL": str(api.base_url), "FANOUT_TOKEN": API_TOKENS["acme"]}
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("id,first_name\n" + "".join(f"{10**9 + i},P{i}\n" for i in range(300)))
+    sent = fanout(
+        "send",
+        str(contacts),
+        "--page",
+        PAGE,
+        "--text",
+        "Hi {{first_name}}",
+        "--watch",
+        "--json",
+        env=env,
+    )
+    assert sent.returncode == 0, sent.stderr
+    lines = [json.loads(line) for line in sent.stdout.splitlines()]
+    assert lines[0]["total"] == 300
+    assert lines[-1]["status"] == "completed" and lines[-1]["sent"] == 300
+    job_id = lines[0]["job_id"]
+
+    status = fanout("status", job_id, env=env)
+    assert status.returncode == 0 and "completed" in status.stdout and "300/300" in status.stdout
+    listed = fanout("jobs", "--json", env=env)
+    assert [j["job_id"] for j in json.loads(listed.stdout)["items"]] == [job_id]
+    stack.consumers[0].stop()
+    other = fanout("send", str(contacts), "--page", PAGE, "--text", "Hi", env=env)
+    assert other.returncode == 0 and "pending" in other.stdout
+    second = other.stdout.split()[1]
+    assert fanout("pause", second, env=env).stdout.strip() == f"job {second} paused"
+    assert fanout("cancel", second, env=env).stdout.strip() == f"job {second} cancelled"
+
+
+def test_errors_are_one_line_with_exit_codes(stack: Stack, tmp_path: Path) -> None:
+    api = stack.start_producer()
+    good = {"FANOUT_URL": str(api.base_url), "FANOUT_TOKEN": API_TOKENS["acme"]}
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("name\nAnn\n")
+    cases = [
+        (
+            ["send", str(tmp_path / "missing.csv"), "--page", PAGE, "--text", "x"],
+            good,
+            2,
+            "file not found",
+        ),
+        (["send", str(bad_csv), "--page", PAGE, "--text", "x"], good, 4, "no `id` column"),
+        (
+            ["status", "0-000000000000000000000000"],
+            {**good, "FANOUT_TOKEN": "wrong"},
+            4,
+            "refused the token",
+        ),
+        (["status", "0-000000000000000000000000"], good, 4, "no such job"),
+        (["jobs"], {**good, "FANOUT_URL": f"http://127.0.0.1:{free_port()}"}, 3, "cannot reach"),
+        (["jobs"], {"FANOUT_URL": str(api.base_url)}, 2, "no API token"),
+    ]
+    for args, env, code, text in cases:
+        result = fanout(*args, env=env)
+        assert result.returncode == code, (args, result.stderr)
+        assert text in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
