@@ -53,8 +53,8 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            where = self.http.base_url
-            raise CliError(f"cannot reach the fanout server at {where} ({exc})", 3) from None
+            server = self.http.base_url
+            raise CliError(f"cannot reach the fanout server at {server} ({exc})", 3) from None
         try:
             data: dict[str, Any] = response.json()
         except ValueError:

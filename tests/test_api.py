@@ -246,3 +246,20 @@ def test_health_and_readiness(redis_server: RedisServer) -> None:
         redis_server.stop()
         assert c.get("/readyz").status_code == 503
         assert c.get("/healthz").status_code == 200
+
+
+def test_openapi_describes_the_routes(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) >= {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/errors",
+        "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/pause",
+        "/v1/jobs/{job_id}/resume",
+        "/v1/jobs/{job_id}/cancel",
+    }
+    request = doc["components"]["schemas"]["JobRequest"]
+    assert request["properties"]["message"] and "recipients" in request["required"]
+    assert request["additionalProperties"] is False  # unknown fields are refused
