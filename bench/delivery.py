@@ -132,6 +132,19 @@ def bare_loop(source: str, url: str, n: int, concurrency: int) -> float:
     return float(out.stdout.strip())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def commands(r: redis.Redis) -> tuple[int, int]:
     """(round trips from clients, all commands including those run inside scripts)."""
     stats = r.info("commandstats")
@@ -221,11 +234,14 @@ def main() -> int:
         consumer = subprocess.Popen([*py, "services.cli", "consumer"], env=env, cwd=ROOT)
         procs.append(consumer)
         wait(lambda: r.exists("fanout:{0}:work"), "consumer")
+        cpu_before = cpu_seconds(consumer.pid)
         started = time.perf_counter()
         job = api.post("/v1/jobs", json=body).json()
         while api.get(job["status_url"]).json()["status"] != "completed":
             time.sleep(0.01)
         fanout = args.messages / (time.perf_counter() - started)
+        cpu_per_message_us = (cpu_seconds(consumer.pid) - cpu_before) / args.messages * 1e6
+        consumer_rss = peak_rss_mb(consumer.pid)
         after = commands(r)
         round_trips = (after[0] - before[0]) / args.messages
         inside = (after[1] - before[1]) / args.messages
@@ -246,6 +262,8 @@ def main() -> int:
         print(f"{'ratio fanout / bare aiohttp loop':40s} {fanout / baseline:10.2f}")
         print(f"{'ratio fanout / bare loop, same pool':40s} {fanout / pool_baseline:10.2f}")
         print(f"{'redis round trips per message':40s} {round_trips:10.3f}")
+        print(f"{'consumer CPU per message':40s} {cpu_per_message_us:10.1f} us")
+        print(f"{'consumer peak RSS':40s} {consumer_rss:10.0f} MiB")
         print(f"{'redis commands per message, in Lua too':40s} {inside:10.3f}")
         print(f"{'POST /v1/jobs, 100,000 recipients':40s} {submit_100k * 1000:10,.0f} ms")
         print(
