@@ -33,7 +33,6 @@ from shared.template import Template
 log = logging.getLogger("fanout.consumer")
 
 _THROTTLE_BUDGET = 50  # attempts per recipient while the provider keeps saying "slow down"
-_SENT = metrics.MESSAGES.labels("sent", "")
 _TOO_LONG = Decision(
     "failed", "text_too_long", "", f"the personalised text is over {MAX_TEXT} characters"
 )
@@ -146,6 +145,9 @@ class Senders:
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._run()) for _ in range(concurrency)]
         self._retries: set[asyncio.Task[None]] = set()
+        # Read at scrape time: no metric call per message on the hot path.
+        self.in_flight = 0
+        metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
 
     def submit(self, work: ChunkWork, indexes: list[int], taken: int) -> None:
         work.unsubmitted -= taken
@@ -180,17 +182,16 @@ class Senders:
             metrics.MESSAGES.labels("failed", _TOO_LONG.code).inc()
             work.settle()
             return
-        metrics.IN_FLIGHT.inc()
+        self.in_flight += 1
         try:
             result = await self.client.send(spec.head, body)
         finally:
-            metrics.IN_FLIGHT.dec()
+            self.in_flight -= 1
         metrics.SEND_DURATION.observe(result.seconds)
         decision = classify(result)
         verdict = decision.verdict
         if verdict == "sent":
-            work.sent.append(work.chunk.start + index)
-            _SENT.inc()
+            work.sent.append(work.chunk.start + index)  # counted in metrics per chunk
             work.settle()
             return
         if verdict == "throttled" and attempt < _THROTTLE_BUDGET:

@@ -32,6 +32,7 @@ log = logging.getLogger("fanout.consumer")
 
 _SPEC_CACHE_MAX = 1024
 _HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM takes it
+_SENT = metrics.MESSAGES.labels("sent", "")
 _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configured for the page")
 
 
@@ -252,6 +253,7 @@ class Consumer:
             ledger.finish(self.scripts, k, held.entry_id, outcome, payload=payload, requeue=requeue)
         )
         metrics.CHUNKS.labels("finished" if finished.acked else "already_acked").inc()
+        _SENT.inc(len(outcome.sent))
         if finished.status == "completed" and finished.acked:
             log.info("job completed", extra={"job_id": chunk.job, "shard": k.shard})
 
