@@ -30,3 +30,4 @@ class Scripts:
         self.resume_job: AsyncScript = redis.register_script(_source("resume_job"))
         self.release_due: AsyncScript = redis.register_script(_source("release_due"))
         self.sweep_job: AsyncScript = redis.register_script(_source("sweep_job"))
+        self.forget_consumer: AsyncScript = redis.register_script(_source("forget_consumer"))

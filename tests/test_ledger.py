@@ -137,3 +137,22 @@ def test_finish_for_a_vanished_job_only_settles_the_entry(
     assert not r.exists(k.hash)  # not resurrected by a counter increment
     assert r.xlen(k.work) == 0
     assert r.xpending(k.work, keys.GROUP)["pending"] == 0
+
+
+def test_gone_consumers_are_forgotten_only_when_they_hold_nothing(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    from services.consumer import housekeeping
+
+    k = new_job(redis_server, 30, window=3)
+    read = r.xreadgroup(keys.GROUP, "gone-empty", {k.work: ">"})
+    r.xack(k.work, keys.GROUP, *[entry_id for entry_id, _ in read[0][1]])
+    r.xadd(k.work, {"c": b"x"})
+    r.xreadgroup(keys.GROUP, "gone-holding", {k.work: ">"})  # holds one entry
+
+    async def forget(client: Redis, scripts: Scripts) -> int:
+        return await housekeeping.forget_gone_consumers(client, scripts, 1, "me", gone_after_ms=0)
+
+    assert run(redis_server, forget) == 1
+    names = {c["name"] for c in r.xinfo_consumers(k.work, keys.GROUP)}
+    assert names == {b"gone-holding"}  # the one with a pending entry is kept

@@ -5,9 +5,10 @@ Any consumer may do either; the Lua scripts make doing it twice harmless."""
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.scripts import Scripts
@@ -68,3 +69,28 @@ async def sweep(redis: Redis, scripts: Scripts, shards: int, retention_s: int) -
     if swept:
         log.info("ended jobs deleted after retention", extra={"jobs": swept})
     return swept
+
+
+_GONE_AFTER_MS = 3600 * 1000  # a consumer silent this long belonged to a pod that is gone
+
+
+async def forget_gone_consumers(
+    redis: Redis, scripts: Scripts, shards: int, me: str, gone_after_ms: int = _GONE_AFTER_MS
+) -> int:
+    """Pods come and go with new names: drop group members idle for an hour that hold nothing,
+    so XINFO CONSUMERS does not grow with every deploy."""
+    forgotten = 0
+    for shard in range(shards):
+        stream = keys.work_stream(shard)
+        try:
+            members: list[dict[str, Any]] = await redis.xinfo_consumers(stream, keys.GROUP)
+        except ResponseError:
+            continue  # no stream or group yet
+        for member in members:
+            name = member["name"].decode() if isinstance(member["name"], bytes) else member["name"]
+            if name == me or int(member["pending"]) or int(member["idle"]) < gone_after_ms:
+                continue
+            forgotten += int(await scripts.forget_consumer(keys=[stream], args=[keys.GROUP, name]))
+    if forgotten:
+        log.info("forgot consumers that are gone", extra={"consumers": forgotten})
+    return forgotten

@@ -36,7 +36,12 @@ class Upkeep:
             self._every(self.reclaim_every_s, self.reclaim),
             self._every(0.5, self.release_due),
             self._every(min(60.0, self.consumer.settings.retention_s / 4), self.sweep),
+            self._every(300.0, self.forget_gone_consumers),
         )
+
+    async def forget_gone_consumers(self) -> None:
+        c = self.consumer
+        await housekeeping.forget_gone_consumers(c.redis, c.scripts, c.settings.shards, c.name)
 
     async def release_due(self) -> None:
         c = self.consumer
