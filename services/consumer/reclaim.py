@@ -71,7 +71,7 @@ class Upkeep:
                 keys=[keys.work_stream(shard)], args=[keys.GROUP, c.name, 0, *ids]
             )
             # An entry finished since the snapshot is not lost; one still held is.
-            stolen = [entry for entry in lost if entry in c.held]
+            stolen = [entry for entry in lost if (shard, entry) in c.held]
             if stolen:
                 log.warning("lease lost", extra={"shard": shard, "entries": len(stolen)})
 

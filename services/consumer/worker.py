@@ -72,7 +72,8 @@ class Consumer:
             settings.concurrency,
             settings.request_timeout_s,
         )
-        self.held: dict[bytes, Held] = {}
+        # By (shard, entry id): two shards' streams can mint the same id in one millisecond.
+        self.held: dict[tuple[int, bytes], Held] = {}
         self.stopping = asyncio.Event()
         self.ready = False
         self._room = asyncio.Event()
@@ -101,7 +102,9 @@ class Consumer:
         self.ready = True
         log.info("consumer started", extra={"consumer": self.name, "shards": len(self.streams)})
         try:
-            await self._read_loop()
+            await asyncio.gather(
+                *(self._read_loop(stream, shard) for stream, shard in self.streams.items())
+            )
         finally:
             self.ready = False
             await self._drain()
@@ -166,19 +169,21 @@ class Consumer:
             return 0
         return max(0, self.free_recipients() // self._chunk_size_seen)
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, stream: str, shard: int) -> None:
+        """One reader per shard, each blocking on its own stream, so a quiet shard never holds
+        up a busy one (and every read touches one slot, as a Redis Cluster needs)."""
         backoff_s = 0.1
         while not self.stopping.is_set():
             count = self.room_for()
             if count == 0:
-                self._room.clear()
-                await self._room.wait()
+                await self._wait_for_room()
                 continue
             try:
                 reply = await self.redis.xreadgroup(
                     keys.GROUP,
                     self.name,
-                    dict.fromkeys(self.streams, ">"),
+                    {stream: ">"},
+                    # Readers share the room: each asks for its part, at least one chunk.
                     count=max(1, count // len(self.streams)),
                     block=self.settings.block_ms,
                 )
@@ -190,24 +195,27 @@ class Consumer:
                     continue
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("read failed; retrying", extra={"error": str(exc)})
+                log.warning("read failed; retrying", extra={"shard": shard, "error": str(exc)})
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
-            for stream, entries in replies or []:
-                shard = self.streams[stream.decode()]
+            for _, entries in replies or []:
                 for entry_id, fields in entries:
                     self.take(shard, entry_id, fields, deliveries=1)
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        await self._room.wait()
 
     def take(
         self, shard: int, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
     ) -> None:
         """Hold an entry and start its task (from a read or a reclaim)."""
-        if entry_id in self.held:
+        if (shard, entry_id) in self.held:
             return
         payload = fields.get(b"c", b"")
         held = Held(shard, entry_id, self._chunk_size_seen)
-        self.held[entry_id] = held
+        self.held[(shard, entry_id)] = held
         held.task = asyncio.create_task(self._handle(held, payload, deliveries))
 
     # --- one chunk ------------------------------------------------------------------------
@@ -233,7 +241,7 @@ class Consumer:
         finally:
             if held.work is not None and not held.work.done.done():
                 held.work.done.set_result(None)  # abandoned: senders drop what is queued
-            self.held.pop(held.entry_id, None)
+            self.held.pop((held.shard, held.entry_id), None)
             self._room.set()
 
     async def _deliver(self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes) -> None:
