@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import intake, jobs, lifecycle, observe, openapi, upload
+from services.producer import intake, jobs, lifecycle, observe, openapi, page, upload
 from services.producer.common import (
     State,
     authenticate,
@@ -199,6 +199,7 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", observe.metrics_endpoint, methods=["GET"]),
+        *page.routes(),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
     ]
     return Starlette(

@@ -1,0 +1,724 @@
+// The live job page: sign in with an API token, list the tenant's jobs, follow one live.
+//
+// The token lives in sessionStorage only (this tab, until "Sign out" or the tab closes); it is
+// sent as "Authorization: Bearer" on every fetch and never put in a URL or a cookie. That is
+// also why live updates are read with fetch() and a small Server-Sent Events parser rather than
+// EventSource, which cannot send a header. Everything is rendered with textContent, never HTML.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "fanout.token";
+  const PAGE_SIZE = 50;
+  const LIST_MAX = 200; // the API's largest page
+  const LIST_REFRESH_MS = 3000;
+  const ERRORS_SHOWN = 20;
+  const ERRORS_REFRESH_MS = 2000;
+  const ANNOUNCE_EVERY_MS = 5000;
+  const RETRY_FIRST_MS = 1000;
+  const RETRY_MOST_MS = 15000;
+  const ENDED = new Set(["completed", "failed", "cancelled"]);
+  const CAN_PAUSE = new Set(["scheduled", "pending", "running"]);
+  const JOB_HASH = /^#job\/([A-Za-z0-9_-]{1,80})$/;
+
+  const $ = (id) => document.getElementById(id);
+  const views = { signIn: $("view-sign-in"), list: $("view-list"), job: $("view-job") };
+
+  class Unauthorized extends Error {}
+  class ApiFailure extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  // ---- the token: sessionStorage only ----
+
+  function getToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch {
+      return null;
+    }
+  }
+
+  function setToken(value) {
+    sessionStorage.setItem(TOKEN_KEY, value);
+  }
+
+  function clearToken() {
+    try {
+      sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // storage disabled: nothing was kept
+    }
+  }
+
+  // ---- the API ----
+
+  async function api(path, { method = "GET", signal, token } = {}) {
+    const secret = token ?? getToken();
+    if (!secret) throw new Unauthorized("not signed in");
+    const response = await fetch(path, {
+      method,
+      signal,
+      cache: "no-store",
+      credentials: "omit",
+      headers: { Authorization: `Bearer ${secret}`, Accept: "application/json" },
+    });
+    if (response.status === 401) throw new Unauthorized("token refused");
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (!response.ok) {
+      const error = (body && body.error) || {};
+      throw new ApiFailure(
+        response.status,
+        error.code || "http_error",
+        error.message || `the service answered ${response.status}`,
+      );
+    }
+    return body;
+  }
+
+  function isAbort(err) {
+    return err && err.name === "AbortError";
+  }
+
+  function handleError(err, what) {
+    if (isAbort(err)) return;
+    if (err instanceof Unauthorized) {
+      signOut("The service refused the token (401): it is missing, wrong or revoked. " +
+        "Sign in again.");
+      return;
+    }
+    const reason = err instanceof ApiFailure ? err.message : "the service could not be reached";
+    notify(`Could not ${what}: ${reason}.`, "error");
+  }
+
+  // ---- small helpers ----
+
+  function notify(text, kind = "info") {
+    const box = $("notice");
+    box.textContent = text;
+    box.dataset.kind = kind;
+    box.hidden = !text;
+  }
+
+  function sleep(ms, signal) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal?.addEventListener("abort", done);
+    });
+  }
+
+  const number = (n) => (typeof n === "number" ? n.toLocaleString() : "–");
+
+  function shortId(id) {
+    return id.length > 12 ? `${id.slice(0, 10)}…` : id;
+  }
+
+  function percent(progress) {
+    const value = Math.floor((progress || 0) * 1000) / 10;
+    return `${value.toFixed(value >= 100 || value === 0 ? 0 : 1)}%`;
+  }
+
+  function duration(seconds) {
+    if (typeof seconds !== "number") return "–";
+    const s = Math.round(seconds);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  }
+
+  function setTime(element, iso) {
+    element.textContent = "";
+    if (!iso) {
+      element.textContent = "–";
+      return;
+    }
+    const time = document.createElement("time");
+    time.dateTime = iso;
+    time.textContent = new Date(iso).toLocaleString(undefined, {
+      year: "numeric", month: "short", day: "numeric",
+      hour: "2-digit", minute: "2-digit", second: "2-digit",
+    });
+    element.append(time);
+  }
+
+  function setBadge(element, status) {
+    element.textContent = status;
+    element.dataset.status = status;
+  }
+
+  function cell(row, label, className) {
+    const td = row.insertCell();
+    td.dataset.label = label;
+    if (className) td.className = className;
+    return td;
+  }
+
+  // ---- views and routing (the hash names a job, never anything secret) ----
+
+  let currentView = null;
+
+  function showView(name, title) {
+    for (const [key, section] of Object.entries(views)) section.hidden = key !== name;
+    $("sign-out").hidden = name === "signIn";
+    document.title = title ? `${title} · fanout` : "fanout jobs";
+    if (currentView !== name) {
+      currentView = name;
+      notify(""); // a message belongs to the view it was shown on
+      const heading = views[name].querySelector("h1");
+      heading.focus({ preventScroll: true });
+      window.scrollTo(0, 0);
+    }
+  }
+
+  function route() {
+    if (!getToken()) {
+      showSignIn();
+      return;
+    }
+    const match = JOB_HASH.exec(location.hash);
+    if (match) {
+      showJob(match[1]);
+    } else {
+      showList();
+    }
+  }
+
+  // ---- sign in and out ----
+
+  function showSignIn(message) {
+    stopList();
+    closeJob();
+    const error = $("sign-in-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    $("token").setAttribute("aria-invalid", message ? "true" : "false");
+    showView("signIn", "Sign in");
+    $("token").focus();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const input = $("token");
+    const button = $("sign-in-button");
+    const value = input.value.trim();
+    if (!value) {
+      showSignIn("Enter your API token.");
+      return;
+    }
+    button.disabled = true;
+    try {
+      await api("/v1/jobs?limit=1", { token: value });
+      setToken(value);
+      input.value = "";
+      input.setAttribute("aria-invalid", "false");
+      $("sign-in-error").hidden = true;
+      notify("");
+      route();
+    } catch (err) {
+      input.value = "";
+      if (err instanceof Unauthorized) {
+        showSignIn("That token was not accepted (401). Check it and try again.");
+      } else {
+        showSignIn(`Could not sign in: ${err.message || "the service could not be reached"}.`);
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function signOut(message) {
+    clearToken();
+    stopList();
+    closeJob();
+    list.items = [];
+    list.next = null;
+    $("status-filter").value = "";
+    renderList();
+    notify("");
+    if (location.hash) history.replaceState(null, "", location.pathname);
+    showSignIn(message);
+  }
+
+  // ---- the job list ----
+
+  // generation: every load takes a new one, and only the newest answer is shown.
+  const list = { items: [], next: null, generation: 0, timer: null, appending: false };
+  const rowsById = new Map();
+
+  function stopList() {
+    clearTimeout(list.timer);
+    list.timer = null;
+    list.generation += 1; // answers still on their way are dropped
+    list.appending = false;
+    $("load-more").disabled = false;
+  }
+
+  function scheduleList() {
+    clearTimeout(list.timer);
+    list.timer = null;
+    if (currentView === "list" && document.visibilityState === "visible") {
+      // A refresh never overtakes a "Load more" still on its way.
+      list.timer = setTimeout(() => (list.appending ? scheduleList() : loadList(false)),
+        LIST_REFRESH_MS);
+    }
+  }
+
+  function showList() {
+    closeJob();
+    showView("list", "Jobs");
+    loadList(false);
+  }
+
+  async function loadList(append) {
+    if (append && (!list.next || list.appending)) return;
+    const params = new URLSearchParams();
+    const status = $("status-filter").value;
+    if (append) {
+      params.set("limit", String(PAGE_SIZE));
+      params.set("after", list.next);
+    } else {
+      params.set("limit", String(Math.min(LIST_MAX, Math.max(PAGE_SIZE, list.items.length))));
+    }
+    if (status) params.set("status", status);
+    const generation = ++list.generation;
+    list.appending = append;
+    $("load-more").disabled = append;
+    try {
+      const page = await api(`/v1/jobs?${params}`);
+      if (generation !== list.generation) return;
+      if (append) {
+        const known = new Set(list.items.map((job) => job.job_id));
+        list.items = list.items.concat(page.items.filter((job) => !known.has(job.job_id)));
+        list.next = page.next;
+      } else if (list.items.length <= LIST_MAX) {
+        list.items = page.items;
+        list.next = page.next;
+      } else {
+        // More rows shown than one page holds: refresh the newest, keep the older ones.
+        const fresh = new Set(page.items.map((job) => job.job_id));
+        const older = list.items.slice(page.items.length).filter((job) => !fresh.has(job.job_id));
+        list.items = page.items.concat(older);
+      }
+      renderList();
+    } catch (err) {
+      handleError(err, "load the jobs");
+    } finally {
+      if (generation === list.generation) {
+        list.appending = false;
+        $("load-more").disabled = false;
+        scheduleList();
+      }
+    }
+  }
+
+  function makeRow(job) {
+    const row = document.createElement("tr");
+    row.className = "job-row";
+    row.dataset.jobId = job.job_id;
+    const link = document.createElement("a");
+    link.href = `#job/${job.job_id}`;
+    link.className = "job-link";
+    link.title = job.job_id;
+    link.setAttribute("aria-label", `Job ${job.job_id}`);
+    const code = document.createElement("code");
+    code.textContent = shortId(job.job_id);
+    link.append(code);
+    cell(row, "Job").append(link);
+    const badge = document.createElement("span");
+    badge.className = "badge";
+    cell(row, "Status").append(badge);
+    cell(row, "Total", "num");
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    bar.setAttribute("aria-label", `Progress of job ${shortId(job.job_id)}`);
+    const pct = document.createElement("span");
+    pct.className = "num pct";
+    cell(row, "Progress", "progress-cell").append(bar, pct);
+    cell(row, "Created");
+    return row;
+  }
+
+  function updateRow(row, job) {
+    const [, statusCell, totalCell, progressCell, createdCell] = row.cells;
+    setBadge(statusCell.firstElementChild, job.status);
+    totalCell.textContent = number(job.total);
+    progressCell.querySelector("progress").value = job.progress || 0;
+    progressCell.querySelector(".pct").textContent = percent(job.progress);
+    if (createdCell.dataset.iso !== job.created_at) {
+      createdCell.dataset.iso = job.created_at || "";
+      setTime(createdCell, job.created_at);
+    }
+  }
+
+  function renderList() {
+    const body = $("job-rows");
+    const wanted = new Set(list.items.map((job) => job.job_id));
+    for (const [id, row] of rowsById) {
+      if (!wanted.has(id)) {
+        row.remove();
+        rowsById.delete(id);
+      }
+    }
+    // Keyed, in place: rows keep their identity (and keyboard focus) across refreshes.
+    let cursor = body.firstElementChild;
+    for (const job of list.items) {
+      let row = rowsById.get(job.job_id);
+      if (!row) {
+        row = makeRow(job);
+        rowsById.set(job.job_id, row);
+      }
+      updateRow(row, job);
+      if (row === cursor) {
+        cursor = cursor.nextElementSibling;
+      } else {
+        body.insertBefore(row, cursor);
+      }
+    }
+    $("list-empty").hidden = list.items.length > 0;
+    $("list-empty").textContent = $("status-filter").value ? "No jobs with this status." :
+      "No jobs yet.";
+    $("job-table").hidden = list.items.length === 0;
+    $("load-more").hidden = !list.next;
+  }
+
+  function onRowClick(event) {
+    if (event.target.closest("a")) return; // the link navigates by itself
+    const row = event.target.closest("tr.job-row");
+    if (row) location.hash = `#job/${row.dataset.jobId}`;
+  }
+
+  function onFilterChange() {
+    list.items = [];
+    list.next = null;
+    renderList();
+    loadList(false);
+  }
+
+  // ---- one job, live ----
+
+  const view = {
+    id: null,
+    job: null,
+    controller: null,
+    busy: false,
+    lastAnnounce: 0,
+    lastStatus: null,
+    errorsShown: 0,
+    errorsLoading: null, // the job whose errors are being fetched
+    errorsLoadedAt: 0,
+  };
+
+  function closeJob() {
+    if (view.controller) view.controller.abort();
+    view.controller = null;
+    view.id = null;
+    view.job = null;
+  }
+
+  function resetJobView(id) {
+    $("job-id").textContent = shortId(id);
+    $("job-id").title = id;
+    setBadge($("job-status"), "loading");
+    $("job-reason").hidden = true;
+    for (const key of ["sent", "failed", "skipped", "indoubt", "total", "rate", "eta"]) {
+      $(`c-${key}`).textContent = "–";
+    }
+    for (const key of ["created", "started", "finished"]) $(`t-${key}`).textContent = "–";
+    $("job-progress").value = 0;
+    $("job-progress").setAttribute("aria-valuetext", "0%");
+    $("job-percent").textContent = "0%";
+    $("counters-live").textContent = "";
+    $("live-state").textContent = "Connecting…";
+    $("codes-rows").replaceChildren();
+    $("codes-table").hidden = true;
+    $("codes-empty").hidden = false;
+    $("errors-rows").replaceChildren();
+    $("errors-wrap").hidden = true;
+    $("errors-empty").hidden = false;
+    for (const id of ["pause-button", "resume-button", "cancel-button"]) $(id).disabled = true;
+    Object.assign(view, { lastAnnounce: 0, lastStatus: null, errorsShown: 0, errorsLoadedAt: 0 });
+  }
+
+  function showJob(id) {
+    stopList();
+    if (view.id === id && view.controller) {
+      showView("job", `Job ${shortId(id)}`);
+      return;
+    }
+    closeJob();
+    notify("");
+    view.id = id;
+    view.controller = new AbortController();
+    resetJobView(id);
+    showView("job", `Job ${shortId(id)}`);
+    follow(id, view.controller.signal);
+    loadErrors(id, view.controller.signal);
+  }
+
+  function renderJob(job) {
+    if (job.job_id !== view.id) return;
+    view.job = job;
+    setBadge($("job-status"), job.status);
+    const reason = $("job-reason");
+    reason.textContent = job.reason ? `Reason: ${job.reason}` : "";
+    reason.hidden = !job.reason;
+    $("c-sent").textContent = number(job.sent);
+    $("c-failed").textContent = number(job.failed);
+    $("c-skipped").textContent = number(job.skipped);
+    $("c-indoubt").textContent = number(job.indoubt);
+    $("c-total").textContent = number(job.total);
+    $("c-rate").textContent = typeof job.rate_per_s === "number" ?
+      `${job.rate_per_s.toLocaleString()}/s` : "–";
+    $("c-eta").textContent = ENDED.has(job.status) ? "done" : duration(job.eta_s);
+    $("job-progress").value = job.progress || 0;
+    $("job-progress").setAttribute("aria-valuetext", percent(job.progress));
+    $("job-percent").textContent = percent(job.progress);
+    setTime($("t-created"), job.created_at);
+    setTime($("t-started"), job.started_at);
+    setTime($("t-finished"), job.finished_at);
+    renderCodes(job.error_codes || {});
+    renderControls();
+    announce(job);
+    const due = Date.now() - view.errorsLoadedAt >= ERRORS_REFRESH_MS;
+    if (due && job.failed > view.errorsShown && view.errorsShown < ERRORS_SHOWN) {
+      loadErrors(job.job_id, view.controller && view.controller.signal);
+    }
+  }
+
+  function announce(job) {
+    const now = Date.now();
+    const changed = job.status !== view.lastStatus;
+    if (!changed && now - view.lastAnnounce < ANNOUNCE_EVERY_MS) return;
+    view.lastStatus = job.status;
+    view.lastAnnounce = now;
+    $("counters-live").textContent = `Job ${job.status}: ${number(job.sent)} sent, ` +
+      `${number(job.failed)} failed, ${number(job.skipped)} skipped of ${number(job.total)}.`;
+  }
+
+  function renderCodes(codes) {
+    const entries = Object.entries(codes).sort((a, b) => b[1] - a[1]);
+    const body = $("codes-rows");
+    body.replaceChildren();
+    for (const [code, count] of entries) {
+      const row = body.insertRow();
+      cell(row, "Code").textContent = code;
+      cell(row, "Recipients", "num").textContent = number(count);
+    }
+    $("codes-table").hidden = entries.length === 0;
+    $("codes-empty").hidden = entries.length > 0;
+  }
+
+  function renderControls() {
+    const status = view.job ? view.job.status : null;
+    $("pause-button").disabled = view.busy || !CAN_PAUSE.has(status);
+    $("resume-button").disabled = view.busy || status !== "paused";
+    $("cancel-button").disabled = view.busy || !status || ENDED.has(status);
+  }
+
+  async function loadErrors(id, signal) {
+    if (view.errorsLoading === id) return;
+    view.errorsLoading = id;
+    view.errorsLoadedAt = Date.now();
+    try {
+      const page = await api(`/v1/jobs/${encodeURIComponent(id)}/errors?limit=${ERRORS_SHOWN}`,
+        { signal });
+      if (id !== view.id) return;
+      const body = $("errors-rows");
+      body.replaceChildren();
+      for (const item of page.items) {
+        const row = body.insertRow();
+        cell(row, "Recipient").textContent = item.recipient;
+        cell(row, "Code").textContent = item.code;
+        cell(row, "Subcode").textContent = item.subcode || "–";
+        cell(row, "Message", "message").textContent = item.message;
+        cell(row, "Attempts", "num").textContent = String(item.attempts);
+      }
+      view.errorsShown = page.items.length;
+      $("errors-wrap").hidden = page.items.length === 0;
+      $("errors-empty").hidden = page.items.length > 0;
+    } catch (err) {
+      handleError(err, "load the errors");
+    } finally {
+      if (view.errorsLoading === id) view.errorsLoading = null;
+    }
+  }
+
+  async function control(action) {
+    const id = view.id;
+    const signal = view.controller && view.controller.signal;
+    view.busy = true;
+    renderControls();
+    try {
+      const job = await api(`/v1/jobs/${encodeURIComponent(id)}/${action}`,
+        { method: "POST", signal });
+      renderJob(job);
+      const done = { pause: "Paused", resume: "Resumed", cancel: "Cancelled" }[action];
+      notify(`${done}: job ${shortId(id)} is now ${job.status}.`);
+    } catch (err) {
+      if (err instanceof ApiFailure && err.status === 409) {
+        notify(`Could not ${action}: ${err.message}.`, "error");
+      } else {
+        handleError(err, `${action} the job`);
+      }
+    } finally {
+      view.busy = false;
+      renderControls();
+    }
+  }
+
+  function askCancel() {
+    const dialog = $("confirm-cancel");
+    dialog.returnValue = "";
+    dialog.showModal();
+  }
+
+  function onConfirmClose() {
+    if ($("confirm-cancel").returnValue === "cancel" && view.id) control("cancel");
+  }
+
+  // ---- Server-Sent Events over fetch ----
+
+  // Parses the text/event-stream format (WHATWG HTML, "Server-sent events"): fields up to a
+  // blank line make one event; lines starting with ":" are comments (keep-alives).
+  function sseParser(onEvent) {
+    let buffer = "";
+    let type = "";
+    let data = [];
+    function line(text) {
+      if (text === "") {
+        if (data.length) onEvent(type || "message", data.join("\n"));
+        type = "";
+        data = [];
+        return;
+      }
+      if (text.startsWith(":")) return;
+      const colon = text.indexOf(":");
+      const field = colon < 0 ? text : text.slice(0, colon);
+      let value = colon < 0 ? "" : text.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") type = value;
+      else if (field === "data") data.push(value);
+    }
+    return (chunk) => {
+      buffer += chunk;
+      for (;;) {
+        const at = buffer.search(/[\r\n]/);
+        if (at < 0) return;
+        if (buffer[at] === "\r" && at === buffer.length - 1) return; // "\r\n" split in two
+        const next = buffer[at] === "\r" && buffer[at + 1] === "\n" ? at + 2 : at + 1;
+        line(buffer.slice(0, at));
+        buffer = buffer.slice(next);
+      }
+    };
+  }
+
+  async function follow(id, signal) {
+    let wait = RETRY_FIRST_MS;
+    while (!signal.aborted) {
+      let finished = false;
+      try {
+        const response = await fetch(`/v1/jobs/${encodeURIComponent(id)}/events`, {
+          signal,
+          cache: "no-store",
+          credentials: "omit",
+          headers: { Authorization: `Bearer ${getToken() || ""}`, Accept: "text/event-stream" },
+        });
+        if (response.status === 401) throw new Unauthorized("token refused");
+        if (response.status === 404) {
+          setBadge($("job-status"), "not found");
+          $("live-state").textContent = "";
+          notify("No such job: it may have been deleted, or belong to another tenant.", "error");
+          return;
+        }
+        if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+        $("live-state").textContent = "Live.";
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        const parse = sseParser((type, data) => {
+          if (type === "job" || type === "end") {
+            renderJob(JSON.parse(data));
+            wait = RETRY_FIRST_MS; // a working stream resets the backoff
+          }
+          if (type === "end" || type === "gone") finished = type;
+        });
+        while (!finished) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          parse(decoder.decode(value, { stream: true }));
+        }
+        if (finished) {
+          reader.cancel().catch(() => {});
+          if (finished === "gone") {
+            notify("This job no longer exists (it ended and was deleted).", "error");
+            $("live-state").textContent = "";
+          } else {
+            await settle(id, signal);
+          }
+          return;
+        }
+      } catch (err) {
+        if (signal.aborted || isAbort(err)) return;
+        if (err instanceof Unauthorized) {
+          handleError(err, "follow the job");
+          return;
+        }
+      }
+      // The stream broke or closed early: try again, waiting longer each time.
+      const delay = Math.round(wait * (0.5 + Math.random() / 2));
+      $("live-state").textContent = `Connection lost; reconnecting in ${duration(delay / 1000)}…`;
+      await sleep(delay, signal);
+      wait = Math.min(wait * 2, RETRY_MOST_MS);
+    }
+  }
+
+  // A stopped job ends (status cancelled or failed) before its last in-flight chunk is
+  // recorded; its counters are final once finished_at is set. Poll briefly until then.
+  async function settle(id, signal) {
+    $("live-state").textContent = "Finishing…";
+    for (let tries = 0; tries < 60 && !(view.job && view.job.finished_at); tries += 1) {
+      await sleep(500, signal);
+      if (signal.aborted) return;
+      try {
+        renderJob(await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal }));
+      } catch (err) {
+        handleError(err, "load the job");
+        return;
+      }
+    }
+    if (signal.aborted) return;
+    $("live-state").textContent = "Final.";
+    loadErrors(id, signal);
+  }
+
+  // ---- wiring ----
+
+  $("sign-in-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", () => signOut());
+  $("status-filter").addEventListener("change", onFilterChange);
+  $("load-more").addEventListener("click", () => loadList(true));
+  $("job-rows").addEventListener("click", onRowClick);
+  $("pause-button").addEventListener("click", () => control("pause"));
+  $("resume-button").addEventListener("click", () => control("resume"));
+  $("cancel-button").addEventListener("click", askCancel);
+  $("confirm-cancel").addEventListener("close", onConfirmClose);
+  window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    if (currentView !== "list") return;
+    if (document.visibilityState === "visible") loadList(false);
+    else stopList();
+  });
+  route();
+})();
