@@ -52,6 +52,7 @@ class Secret:
 
 class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str
+    redis_cluster: str  # "auto", "true" or "false"
     api_tokens: dict[str, Secret]  # tenant -> token
     page_ids: frozenset[str]  # pages with a configured token; the producer never needs the token
     shards: int
@@ -67,6 +68,7 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str
+    redis_cluster: str
     page_tokens: dict[str, Secret]  # page_id -> token
     graph_url: str
     graph_version: str
@@ -160,6 +162,12 @@ class _Env:
             )
         return url
 
+    def redis_cluster(self) -> str:
+        value = self.raw("FANOUT_REDIS_CLUSTER", "auto").lower()
+        if value not in {"auto", "true", "false"}:
+            raise SettingsError(f"FANOUT_REDIS_CLUSTER={value!r} is not auto, true or false")
+        return value
+
     def log_level(self) -> str:
         level = self.raw("FANOUT_LOG_LEVEL", "INFO").upper()
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -181,6 +189,7 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
     env = _Env(os.environ if environ is None else environ)
     return ProducerSettings(
         redis_url=env.redis_url(),
+        redis_cluster=env.redis_cluster(),
         api_tokens=env.pairs("FANOUT_API_TOKENS", None),
         page_ids=frozenset(env.pairs("FANOUT_PAGE_TOKENS", None)),
         shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
@@ -207,6 +216,7 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
     name = env.raw("FANOUT_CONSUMER_NAME", f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     return ConsumerSettings(
         redis_url=env.redis_url(),
+        redis_cluster=env.redis_cluster(),
         page_tokens=env.pairs("FANOUT_PAGE_TOKENS", None),
         graph_url=graph_url,
         graph_version=version,

@@ -215,7 +215,9 @@ class Stack:
 
     def wait_done(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
         return wait_for(
-            lambda: (j := self.job(job_id))["status"] in ("completed", "failed", "cancelled") and j,
+            lambda: (
+                (j := self.job(job_id)).get("status") in ("completed", "failed", "cancelled") and j
+            ),
             timeout,
             f"job {job_id} to finish",
         )

@@ -9,14 +9,14 @@ import signal
 from services.consumer import health
 from services.consumer.callbacks import CallbackSender
 from services.consumer.worker import Consumer
-from shared.redisconn import connect
+from shared.redisconn import open_redis
 from shared.settings import ConsumerSettings
 
 log = logging.getLogger("fanout.consumer")
 
 
 async def serve(settings: ConsumerSettings) -> None:
-    redis = connect(settings.redis_url)
+    redis = await open_redis(settings.redis_url, settings.redis_cluster)
     consumer = Consumer(settings, redis)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

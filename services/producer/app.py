@@ -38,7 +38,7 @@ from shared.models import (
     JobAccepted,
     JobView,
 )
-from shared.redisconn import connect
+from shared.redisconn import open_redis
 from shared.scripts import Scripts
 from shared.settings import ProducerSettings
 
@@ -179,7 +179,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = redis or connect(settings.redis_url)
+        client = redis or await open_redis(settings.redis_url, settings.redis_cluster)
         app.state.fanout = State(settings, client, Scripts(client))
         try:
             yield

@@ -27,6 +27,7 @@ from shared.models import (
     json_encode,
     msgpack_encode,
 )
+from shared.redisconn import replicated
 from shared.scripts import Scripts
 from shared.settings import ProducerSettings
 
@@ -114,23 +115,27 @@ async def commit(
 ) -> Committed:
     k = keys.JobKeys.of(job.job_id)
     tenant = job.fields["tenant"]
-    async with redis.pipeline(transaction=False) as pipe:
-        for i in range(0, len(job.chunks), _PUSH_BATCH):
-            pipe.rpush(k.backlog, *job.chunks[i : i + _PUSH_BATCH])
-        pipe.expire(k.backlog, _UNCOMMITTED_TTL_S)
-        await scripts.create_job(
-            keys=[
-                *(k.hash, k.backlog, k.work, keys.tenant_jobs(tenant, k.shard), k.stats),
-                *(k.scheduled, job.idempotency or k.hash),
-            ],
-            args=[
-                *(job.job_id, window, msgpack_encode(job.fields), job.send_at_ms),
-                *(job.fingerprint, retention_s),
-            ],
-            client=pipe,
-        )
-        replies = await pipe.execute()
-    job_id, outcome = replies[-1]
+    if job.chunks:
+        # Scripts cannot ride in a pipeline on a Redis Cluster: the backlog goes first, the
+        # commit script after.
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in range(0, len(job.chunks), _PUSH_BATCH):
+                pipe.rpush(k.backlog, *job.chunks[i : i + _PUSH_BATCH])
+            pipe.expire(k.backlog, _UNCOMMITTED_TTL_S)
+            await pipe.execute()
+    reply = await scripts.create_job(
+        keys=[
+            *(k.hash, k.backlog, k.work, keys.tenant_jobs(tenant, k.shard), k.stats),
+            *(k.scheduled, job.idempotency or k.hash),
+        ],
+        args=[
+            *(job.job_id, window, msgpack_encode(job.fields), job.send_at_ms),
+            *(job.fingerprint, retention_s),
+        ],
+    )
+    # The caller is told "accepted" only once a replica has the job (on a cluster).
+    await replicated(redis, k.hash)
+    job_id, outcome = reply
     return Committed(job_id.decode(), outcome.decode())
 
 

@@ -127,7 +127,8 @@ async def job_events(request: Request) -> Response:
             elif idle >= _HEARTBEAT_S:
                 yield b": keep-alive\n\n"
                 idle = 0.0
-            if found[1].status in jobview.ENDED:
+            # A stopped job's last counts settle when its last chunk in flight is in.
+            if found[1].status in jobview.ENDED and found[1].finished_at is not None:
                 yield b"event: end\ndata: " + data + b"\n\n"
                 return
             await asyncio.sleep(_EVENT_POLL_S)
