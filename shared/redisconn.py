@@ -8,10 +8,14 @@ runs on both. ``FANOUT_REDIS_CLUSTER`` says which; ``auto`` asks the server (INF
 
 from __future__ import annotations
 
+import logging
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+log = logging.getLogger("fanout.redis")
 
 # XREADGROUP BLOCK (at most 4 s, see settings) must return before the socket times out.
 SOCKET_TIMEOUT_S = 10.0
@@ -39,7 +43,18 @@ async def is_cluster(url: str) -> bool:
 async def open_redis(url: str, cluster: str = "auto") -> Redis:
     """The service's client. A RedisCluster answers the same commands fanout uses, so it is
     handed out under the single-Redis type rather than spreading a union through the code."""
-    if cluster == "true" or (cluster == "auto" and await is_cluster(url)):
+    if cluster == "auto":
+        try:
+            cluster = "true" if await is_cluster(url) else "false"
+        except (RedisError, OSError) as exc:
+            # Redis down at start: come up anyway (readiness says not ready) as a single Redis.
+            log.warning(
+                "could not ask Redis whether it is a cluster; assuming not"
+                " (set FANOUT_REDIS_CLUSTER to say)",
+                extra={"error": str(exc)},
+            )
+            cluster = "false"
+    if cluster == "true":
         client = RedisCluster.from_url(url, **_OPTIONS)
         await client.initialize()
         return cast(Redis, client)
