@@ -214,13 +214,15 @@ class Stack:
         return data
 
     def wait_done(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(
-            lambda: (
-                (j := self.job(job_id)).get("status") in ("completed", "failed", "cancelled") and j
-            ),
-            timeout,
-            f"job {job_id} to finish",
-        )
+        """Until the job has ended and its counts are final (a stopped job's settle when its
+        last chunk in flight is in: finished_at says so)."""
+
+        def ended() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            final = job.get("status") in ("completed", "failed", "cancelled") and job["finished_at"]
+            return job if final else None
+
+        return wait_for(ended, timeout, f"job {job_id} to finish")
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name}\n{p.output()[-4000:]}" for p in self.procs)
