@@ -14,7 +14,8 @@ Configured from the environment bench/queues.py sets:
 Run directly, it is the enqueuer bench/queues.py starts in a subprocess:
   python bench/queues_tasks.py arq|taskiq N CONCURRENCY
 prints "ready" once connected, waits for a line on stdin, enqueues N tasks with at most
-CONCURRENCY enqueue calls in flight, and prints the seconds enqueueing took.
+CONCURRENCY enqueue calls in flight, prints the seconds enqueueing took, and exits at the
+next line or the end of stdin.
 """
 
 from __future__ import annotations
@@ -133,6 +134,9 @@ async def _enqueue(kind: str, n: int, concurrency: int) -> None:
         await pool.aclose()
     else:
         await broker.shutdown()
+    # Stay (idle) until told: a process that has exited is no longer seen in /proc, and
+    # bench/queues.py counts the CPU its own processes use.
+    sys.stdin.readline()
 
 
 def main() -> int:
