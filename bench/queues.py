@@ -57,6 +57,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -290,12 +291,12 @@ class Bench:
         self.settle(result, before)
         return result
 
-    def job_queue(self, name: str, worker_argv: list[str], ready: object) -> Result:
+    def job_queue(self, name: str, worker_argv: list[str], ready: Callable[[], object]) -> Result:
         result = Result(name)
         worker = self.start(worker_argv)
         enqueuer: subprocess.Popen[bytes] | None = None
         try:
-            wait(lambda: worker.poll() is None and ready(), f"{name} worker", timeout=30)  # type: ignore[operator]
+            wait(lambda: worker.poll() is None and ready(), f"{name} worker", timeout=30)
             enqueuer = self.start(
                 [
                     self.args.queue_python,
