@@ -267,3 +267,22 @@ def test_completion_callback_is_signed_and_private_targets_are_refused(stack: St
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_list_paging_skips_none_of_jobs_created_in_the_same_millisecond(stack: Stack) -> None:
+    api = stack.start_producer()
+    ids = [api.post("/v1/jobs", json=body(5, i * 10)).json()["job_id"] for i in range(5)]
+    for job_id in ids:  # as if all five had been created in one millisecond
+        k = keys.JobKeys.of(job_id)
+        stack.r.zadd(keys.tenant_jobs("acme", k.shard), {job_id: 1_700_000_000_000})
+    seen: list[str] = []
+    after = None
+    while True:
+        params = {"limit": "2", **({"after": after} if after else {})}
+        page = api.get("/v1/jobs", params=params).json()
+        seen += [j["job_id"] for j in page["items"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 5
+    assert api.get("/v1/jobs", params={"after": "12345"}).status_code == 422

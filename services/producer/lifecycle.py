@@ -5,6 +5,7 @@ next permit batch, so the whole fleet obeys within about a second."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -72,39 +73,58 @@ async def list_jobs(request: Request) -> Response:
             422, "invalid_field", f"status must be one of {', '.join(STATUSES)}", "status"
         )
     limit = limit_param(request, 50, _LIST_MAX)
-    after = request.query_params.get("after")
-    if after is not None and not after.isdigit():
-        raise ApiError(
-            422, "invalid_field", "after must be a `next` value from a previous page", "after"
-        )
-    items, cursor = await _page(state, tenant, status, limit, int(after) if after else None)
+    after = _cursor(request.query_params.get("after"))
+    items, cursor = await _page(state, tenant, status, limit, after)
     return json_response(JobList(items=items, next=cursor))
 
 
+# A page ends at (created ms, job id): jobs created in the same millisecond are told apart by
+# id, so a page boundary between them skips none.
+Cursor = tuple[int, str]
+_CURSOR = re.compile(r"^(\d{1,20}):(\d{1,4}-[0-9a-f]{24})$")
+_TIES = 100  # jobs of one tenant on one shard created in the same millisecond, at most
+
+
+def _cursor(after: str | None) -> Cursor | None:
+    if after is None:
+        return None
+    match = _CURSOR.match(after)
+    if match is None:
+        message = "after must be a `next` value from a previous page"
+        raise ApiError(422, "invalid_field", message, "after")
+    return int(match.group(1)), match.group(2)
+
+
 async def _page(
-    state: State, tenant: str, status: str | None, limit: int, before_ms: int | None
+    state: State, tenant: str, status: str | None, limit: int, after: Cursor | None
 ) -> tuple[list[JobView], str | None]:
+    """Newest first: (created ms, id) descending, merged over the shards' indexes."""
     items: list[JobView] = []
-    top = f"({before_ms}" if before_ms is not None else "+inf"
+    cursor = after
     while len(items) < limit:
-        candidates: list[tuple[float, str]] = []
+        top = str(cursor[0]) if cursor else "+inf"  # inclusive: ties at the cursor's ms
+        candidates: set[Cursor] = set()
         for shard in range(state.settings.shards):
             found = await state.redis.zrevrangebyscore(
-                keys.tenant_jobs(tenant, shard), top, "-inf", start=0, num=limit, withscores=True
+                keys.tenant_jobs(tenant, shard),
+                top,
+                "-inf",
+                start=0,
+                num=limit + _TIES,
+                withscores=True,
             )
             pairs = cast(list[tuple[bytes, float]], found)
-            candidates += [(score, job_id.decode()) for job_id, score in pairs]
-        if not candidates:
+            candidates.update((int(score), job_id.decode()) for job_id, score in pairs)
+        ordered = sorted((c for c in candidates if cursor is None or c < cursor), reverse=True)
+        if not ordered:
             return items, None
-        candidates.sort(reverse=True)
-        batch = candidates[:limit]
-        for score, job_id in batch:
-            found_view = await jobview.load(state.redis, job_id)
+        for candidate in ordered[:limit]:
+            cursor = candidate
+            found_view = await jobview.load(state.redis, candidate[1])
             if found_view is not None and (status is None or found_view[1].status == status):
                 items.append(found_view[1])
                 if len(items) == limit:
-                    return items, str(int(score))
-        top = f"({int(batch[-1][0])}"
+                    return items, f"{candidate[0]}:{candidate[1]}"
     return items, None
 
 
