@@ -23,17 +23,21 @@ def _iso(ms: bytes | None) -> str | None:
 
 
 def _progress(h: dict[str, bytes], now_ms: int) -> tuple[float, float | None, float | None]:
+    """Share finished, send rate (sent + failed per second: skipped ones were never sent),
+    and seconds to go at that rate."""
     total = int(h["total"])
-    done = int(h["sent"]) + int(h["failed"]) + int(h["skipped"])
+    delivered = int(h["sent"]) + int(h["failed"])
+    done = delivered + int(h["skipped"])
     progress = round(done / total, 4) if total else 1.0
     started = h.get("started_at")
-    if not started or h["status"].decode() in ENDED:
+    ended = h["status"].decode() in ENDED
+    if not started or ended:
         end = h.get("finished_at")
         if started and end and int(end) > int(started):
-            return progress, round(done / ((int(end) - int(started)) / 1000), 1), 0.0
-        return progress, None, 0.0 if h["status"].decode() in ENDED else None
+            return progress, round(delivered / ((int(end) - int(started)) / 1000), 1), 0.0
+        return progress, None, 0.0 if ended else None
     elapsed_s = max(0.001, (now_ms - int(started)) / 1000)
-    rate = done / elapsed_s
+    rate = delivered / elapsed_s
     eta = round((total - done) / rate, 1) if rate > 0 else None
     return progress, round(rate, 1), eta
 
