@@ -47,6 +47,7 @@ class Harness:
     def __init__(self, **env: str) -> None:
         self.tmp = tempfile.mkdtemp(prefix="fanout-bench-")
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.producer_pid = 0
         self.env = {
             **os.environ,
             "FANOUT_API_TOKENS": f"bench={API_TOKEN}",
@@ -111,7 +112,8 @@ class Harness:
 
     def producer(self) -> httpx.Client:
         port = free_port()
-        self._start([sys.executable, "-m", "services.cli", "producer", "--port", str(port)])
+        proc = self._start([sys.executable, "-m", "services.cli", "producer", "--port", str(port)])
+        self.producer_pid = proc.pid
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}",
             headers={"Authorization": f"Bearer {API_TOKEN}"},

@@ -16,18 +16,14 @@ import argparse
 import csv
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from delivery import API_TOKEN, PAGE, PAGE_TOKEN, ROOT, free_port, wait
+from harness import PAGE, Harness
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -66,51 +62,14 @@ def main() -> int:
     )
     parser.add_argument("--recipients", type=int, default=1_000_000)
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="fanout-ingest-"))
-    redis_port, api_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "FANOUT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "FANOUT_API_TOKENS": f"bench={API_TOKEN}",
-        "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
-        "FANOUT_LOG_LEVEL": "WARNING",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    shutil.which("redis-server") or "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(tmp),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        producer = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "producer", "--port", str(api_port)],
-            env=env,
-            cwd=ROOT,
-        )
-        procs.append(producer)
-        r = redis.Redis(port=redis_port)
-        api = httpx.Client(
-            base_url=f"http://127.0.0.1:{api_port}",
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
-            timeout=600,
-        )
-        wait(r.ping, "redis")
-        wait(lambda: api.get("/readyz").status_code == 200, "producer")
+    with Harness() as h:
+        r = h.redis()
+        api = h.producer()
+        tmp = Path(h.tmp)
         path = tmp / "contacts.csv"
         write_csv(path, args.recipients)
         size_mb = path.stat().st_size / 2**20
-        rss_idle = peak_rss_mb(producer.pid)
+        rss_idle = peak_rss_mb(h.producer_pid)
         spec = json.dumps(
             {
                 "page_id": PAGE,
@@ -127,7 +86,7 @@ def main() -> int:
         elapsed = time.perf_counter() - started
         answer.raise_for_status()
         total = answer.json()["total"]
-        rss_peak = peak_rss_mb(producer.pid)
+        rss_peak = peak_rss_mb(h.producer_pid)
         r.flushall()
         bare = baseline(r, path)
         rate = total / elapsed
@@ -142,14 +101,6 @@ def main() -> int:
         print(f"{'bare redis-py pipelined XADD, same rows':42s} {bare:>10,.0f} recipients/s")
         print(f"{'ratio fanout / bare':42s} {rate / bare:>10.2f}")
         print(f"{'producer peak RSS (VmHWM)':42s} {rss_peak:>10.0f} MiB (idle {rss_idle:.0f} MiB)")
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
