@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,28 +26,10 @@ from pathlib import Path
 import httpx
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGE = "1001"
-PAGE_TOKEN = "EAAbenchpagetoken"
-API_TOKEN = "bench-token"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import API_TOKEN, PAGE, PAGE_TOKEN, ROOT, free_port, wait
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(check: object, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except (httpx.HTTPError, OSError, redis.RedisError):
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"{what} did not start")
+__all__ = ["API_TOKEN", "PAGE", "PAGE_TOKEN", "ROOT", "commands", "free_port", "wait"]
 
 
 BASELINE = textwrap.dedent(
