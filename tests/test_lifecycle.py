@@ -160,19 +160,24 @@ def test_wait_answers_small_jobs_in_one_call(stack: Stack) -> None:
     assert late.status_code == 202 and late.json()["status"] == "pending"
 
 
-def test_list_newest_first_with_status_filter_and_paging(stack: Stack) -> None:
-    api = stack.start_producer()
-    ids = [api.post("/v1/jobs", json=body(5, i * 10)).json()["job_id"] for i in range(5)]
-    api.post(f"/v1/jobs/{ids[1]}/cancel")
+def every_job(api: httpx.Client, page_size: int) -> list[str]:
+    """The tenant's job ids, page by page, following ``next`` to the end."""
     seen: list[str] = []
     after = None
     while True:
-        params = {"limit": "2", **({"after": after} if after else {})}
+        params = {"limit": str(page_size), **({"after": after} if after else {})}
         page = api.get("/v1/jobs", params=params).json()
         seen += [j["job_id"] for j in page["items"]]
         after = page["next"]
         if after is None:
-            break
+            return seen
+
+
+def test_list_newest_first_with_status_filter_and_paging(stack: Stack) -> None:
+    api = stack.start_producer()
+    ids = [api.post("/v1/jobs", json=body(5, i * 10)).json()["job_id"] for i in range(5)]
+    api.post(f"/v1/jobs/{ids[1]}/cancel")
+    seen = every_job(api, page_size=2)
     assert seen == list(reversed(ids))
     cancelled = api.get("/v1/jobs", params={"status": "cancelled"}).json()["items"]
     assert [j["job_id"] for j in cancelled] == [ids[1]]
@@ -275,14 +280,6 @@ def test_list_paging_skips_none_of_jobs_created_in_the_same_millisecond(stack: S
     for job_id in ids:  # as if all five had been created in one millisecond
         k = keys.JobKeys.of(job_id)
         stack.r.zadd(keys.tenant_jobs("acme", k.shard), {job_id: 1_700_000_000_000})
-    seen: list[str] = []
-    after = None
-    while True:
-        params = {"limit": "2", **({"after": after} if after else {})}
-        page = api.get("/v1/jobs", params=params).json()
-        seen += [j["job_id"] for j in page["items"]]
-        after = page["next"]
-        if after is None:
-            break
+    seen = every_job(api, page_size=2)
     assert sorted(seen) == sorted(ids) and len(seen) == 5
     assert api.get("/v1/jobs", params={"after": "12345"}).status_code == 422
