@@ -12,8 +12,13 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 
-def _source(name: str) -> str:
+def _read(name: str) -> str:
     return (resources.files("shared") / "lua" / f"{name}.lua").read_text("utf-8")
+
+
+def _source(name: str) -> str:
+    """A script with the shared functions of lib.lua before it (Lua scripts cannot import)."""
+    return _read("lib") + _read(name)
 
 
 class Scripts:

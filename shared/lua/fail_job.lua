@@ -4,13 +4,6 @@
 -- KEYS: 1 job hash, 2 backlog, 3 shard job stats, 4 shard ended jobs, 5 shard due callbacks
 -- ARGV: 1 status ('failed' or 'cancelled'), 2 reason, 3 job id
 -- Returns 1 if this call stopped the job, 0 if it had already ended.
-local function ended(now_ms)
-  redis.call('ZADD', KEYS[4], now_ms, ARGV[3])
-  if redis.call('HGET', KEYS[1], 'callback_url') ~= false
-      and redis.call('HGET', KEYS[1], 'callback_url') ~= '' then
-    redis.call('XADD', KEYS[5], '*', 'job', ARGV[3])
-  end
-end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'pending' and status ~= 'running' and status ~= 'paused'
     and status ~= 'scheduled' then
@@ -26,6 +19,6 @@ if tonumber(h[1]) == tonumber(h[2]) then
   local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
   redis.call('HSET', KEYS[1], 'skipped', tonumber(h[3]) - tonumber(h[4]) - tonumber(h[5]),
     'finished_at', now_ms)
-  ended(now_ms)
+  job_ended(KEYS[1], KEYS[4], KEYS[5], ARGV[3], now_ms)
 end
 return 1

@@ -9,13 +9,6 @@
 --       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
 --       (kept in the dead stream, or put back), 6 errors stream cap, 7 job id, 8 '1' when the
 --       consumer stopped early because the job was paused: the chunk goes back for later
-local function ended(now_ms)
-  redis.call('ZADD', KEYS[10], now_ms, ARGV[7])
-  if redis.call('HGET', KEYS[1], 'callback_url') ~= false
-      and redis.call('HGET', KEYS[1], 'callback_url') ~= '' then
-    redis.call('XADD', KEYS[11], '*', 'job', ARGV[7])
-  end
-end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   -- The job expired or was deleted: only settle the entry.
   local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
@@ -81,12 +74,12 @@ if (status == 'pending' or status == 'running')
   redis.call('HINCRBY', KEYS[9], status, -1)
   redis.call('HINCRBY', KEYS[9], 'completed', 1)
   status = 'completed'
-  ended(now_ms)
+  job_ended(KEYS[1], KEYS[10], KEYS[11], ARGV[7], now_ms)
 elseif (status == 'failed' or status == 'cancelled') and not h[8]
     and tonumber(h[6]) == tonumber(h[7]) then
   -- The last chunk in flight of a stopped job: whoever was not reached is skipped.
   redis.call('HSET', KEYS[1], 'skipped', tonumber(h[2]) - tonumber(h[3]) - tonumber(h[4]),
     'finished_at', now_ms)
-  ended(now_ms)
+  job_ended(KEYS[1], KEYS[10], KEYS[11], ARGV[7], now_ms)
 end
 return {sent, failed, acked, released, status}

@@ -11,12 +11,6 @@ if status ~= 'scheduled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'pending')
 redis.call('HINCRBY', KEYS[4], 'scheduled', -1)
 redis.call('HINCRBY', KEYS[4], 'pending', 1)
-local released = 0
-for _ = 1, tonumber(redis.call('HGET', KEYS[1], 'window') or ARGV[1]) do
-  local chunk = redis.call('LPOP', KEYS[2])
-  if not chunk then break end
-  redis.call('XADD', KEYS[3], '*', 'c', chunk)
-  released = released + 1
-end
-redis.call('HINCRBY', KEYS[1], 'released', released)
+release_chunks(KEYS[1], KEYS[2], KEYS[3],
+  tonumber(redis.call('HGET', KEYS[1], 'window') or ARGV[1]))
 return 1

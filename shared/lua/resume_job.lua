@@ -4,13 +4,6 @@
 --       6 shard due callbacks
 -- ARGV: 1 window if the job has none of its own, 2 job id
 -- Returns the job's status after the call ('missing' if it does not exist).
-local function ended(now_ms)
-  redis.call('ZADD', KEYS[5], now_ms, ARGV[2])
-  local url = redis.call('HGET', KEYS[1], 'callback_url')
-  if url and url ~= '' then
-    redis.call('XADD', KEYS[6], '*', 'job', ARGV[2])
-  end
-end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status ~= 'paused' then return status end
@@ -28,21 +21,14 @@ if next_status ~= 'scheduled'
     and tonumber(h[7]) + tonumber(h[8]) + tonumber(h[9]) >= tonumber(h[6]) then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now_ms)
   redis.call('HINCRBY', KEYS[4], 'completed', 1)
-  ended(now_ms)
+  job_ended(KEYS[1], KEYS[5], KEYS[6], ARGV[2], now_ms)
   return 'completed'
 end
 redis.call('HSET', KEYS[1], 'status', next_status)
 redis.call('HINCRBY', KEYS[4], next_status, 1)
 if next_status ~= 'scheduled' then
   local out = tonumber(h[4]) - tonumber(h[5])
-  local released = 0
   local window = tonumber(redis.call('HGET', KEYS[1], 'window') or ARGV[1])
-  for _ = 1, window - out do
-    local chunk = redis.call('LPOP', KEYS[2])
-    if not chunk then break end
-    redis.call('XADD', KEYS[3], '*', 'c', chunk)
-    released = released + 1
-  end
-  redis.call('HINCRBY', KEYS[1], 'released', released)
+  release_chunks(KEYS[1], KEYS[2], KEYS[3], window - out)
 end
 return next_status
