@@ -41,12 +41,7 @@ if status == 'scheduled' then
   redis.call('HSET', KEYS[1], 'send_at', send_at)
   redis.call('ZADD', KEYS[6], send_at, ARGV[1])
 else
-  for _ = 1, tonumber(ARGV[2]) do
-    local chunk = redis.call('LPOP', KEYS[2])
-    if not chunk then break end
-    redis.call('XADD', KEYS[3], '*', 'c', chunk)
-    released = released + 1
-  end
+  released = release_chunks(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[2]))
 end
 redis.call('HSET', KEYS[1], 'released', released, 'acked', 0)
 redis.call('ZADD', KEYS[4], now_ms, ARGV[1])

@@ -54,12 +54,7 @@ if acked == 1 then
     redis.call('XADD', KEYS[5], '*', 'c', ARGV[5])  -- resumed meanwhile: straight back out
     redis.call('HINCRBY', KEYS[1], 'released', 1)
   elseif status == 'pending' or status == 'running' then
-    local chunk = redis.call('LPOP', KEYS[6])
-    if chunk then
-      redis.call('XADD', KEYS[5], '*', 'c', chunk)
-      redis.call('HINCRBY', KEYS[1], 'released', 1)
-      released = 1
-    end
+    released = release_chunks(KEYS[1], KEYS[6], KEYS[5], 1)
   end
 end
 
