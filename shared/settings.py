@@ -55,6 +55,7 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: str  # "auto", "true" or "false"
     api_tokens: dict[str, Secret]  # tenant -> token
     page_ids: frozenset[str]  # pages with a configured token; the producer never needs the token
+    tenant_pages: dict[str, frozenset[str]]  # tenant -> the pages it may send as
     shards: int
     chunk_size: int
     window: int
@@ -64,6 +65,14 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     retention_s: int
     callback_allow: tuple[str, ...]  # hosts or CIDRs a callback may target despite being private
     log_level: str
+
+    def owns(self, tenant: str, page_id: str) -> bool:
+        return page_id in self.tenant_pages.get(tenant, frozenset())
+
+    def unbound_pages(self) -> list[str]:
+        """Pages with a token that no tenant may use (worth a warning at start)."""
+        bound = frozenset().union(*self.tenant_pages.values())
+        return sorted(self.page_ids - bound)
 
 
 class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,13 +194,57 @@ def _parse_pairs(text: str) -> dict[str, Secret]:
     return pairs
 
 
+_TENANT_PAGES = "FANOUT_TENANT_PAGES"
+
+
+def _tenant_pages(
+    env: _Env, tenants: frozenset[str], page_ids: frozenset[str]
+) -> dict[str, frozenset[str]]:
+    """FANOUT_TENANT_PAGES (``tenant=page|page,...``): which tenant may send as which page.
+    Without it a lone tenant owns every page; with several, guessing would let one tenant send
+    as another's page, so it is required."""
+    text = env.raw(_TENANT_PAGES, "")
+    if not text:
+        if len(tenants) > 1:
+            raise SettingsError(
+                f"{_TENANT_PAGES} is not set: with more than one tenant in FANOUT_API_TOKENS,"
+                " bind each page to its tenant (tenant=page|page,...)"
+            )
+        return dict.fromkeys(tenants, page_ids)
+    owner: dict[str, str] = {}
+    bindings: dict[str, frozenset[str]] = {}
+    for item in text.split(","):
+        tenant, sep, rest = (part.strip() for part in item.partition("="))
+        pages = [page.strip() for page in rest.split("|")]
+        if not sep or not tenant or not all(pages):
+            raise SettingsError(f"{_TENANT_PAGES}: {item.strip()!r} is not tenant=page|page")
+        if tenant not in tenants:
+            raise SettingsError(f"{_TENANT_PAGES}: tenant {tenant!r} is not in FANOUT_API_TOKENS")
+        if tenant in bindings:
+            raise SettingsError(f"{_TENANT_PAGES}: tenant {tenant!r} is named twice")
+        for page in pages:
+            if page not in page_ids:
+                raise SettingsError(
+                    f"{_TENANT_PAGES}: page {page} has no token in FANOUT_PAGE_TOKENS"
+                )
+            if owner.setdefault(page, tenant) != tenant:
+                raise SettingsError(
+                    f"{_TENANT_PAGES}: page {page} is bound to both {owner[page]!r} and {tenant!r}"
+                )
+        bindings[tenant] = frozenset(pages)
+    return bindings
+
+
 def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSettings:
     env = _Env(os.environ if environ is None else environ)
+    api_tokens = env.pairs("FANOUT_API_TOKENS", None)
+    page_ids = frozenset(env.pairs("FANOUT_PAGE_TOKENS", None))
     return ProducerSettings(
         redis_url=env.redis_url(),
         redis_cluster=env.redis_cluster(),
-        api_tokens=env.pairs("FANOUT_API_TOKENS", None),
-        page_ids=frozenset(env.pairs("FANOUT_PAGE_TOKENS", None)),
+        api_tokens=api_tokens,
+        page_ids=page_ids,
+        tenant_pages=_tenant_pages(env, frozenset(api_tokens), page_ids),
         shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
         chunk_size=env.integer("FANOUT_CHUNK_SIZE", 100, 1, 10_000),
         window=env.integer("FANOUT_WINDOW", 8, 1, 1000),

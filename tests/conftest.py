@@ -21,6 +21,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = "1001"
 PAGE_TOKEN = "EAAtestpagetoken0123456789secret"
+OTHER_PAGE = "3003"  # tenant `other`'s own page; PAGE is acme's
+OTHER_PAGE_TOKEN = "EAAotherpagetoken0123456789secret"
 API_TOKENS = {"acme": "tok-acme-0123456789", "other": "tok-other-0123456789"}
 T = TypeVar("T")
 
@@ -149,7 +151,7 @@ class Stack:
             **{k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")},
             "FANOUT_REDIS_URL": redis_server.url,
             "FANOUT_API_TOKENS": ",".join(f"{t}={tok}" for t, tok in API_TOKENS.items()),
-            "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
+            "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN},{OTHER_PAGE}={OTHER_PAGE_TOKEN}",
             "FANOUT_SHARDS": "2",
             "FANOUT_METRICS_PORT": "0",
             "FANOUT_CLAIM_IDLE_MS": "1500",
@@ -162,13 +164,16 @@ class Stack:
         self.consumers: list[Proc] = []
 
     def start_fakegraph(self, *args: str) -> FakeGraph:
-        self.fake = FakeGraph(
-            self.procs, self.env, self.logdir, "--tokens", f"{PAGE}={PAGE_TOKEN}", *args
-        )
+        tokens = f"{PAGE}={PAGE_TOKEN},{OTHER_PAGE}={OTHER_PAGE_TOKEN}"
+        self.fake = FakeGraph(self.procs, self.env, self.logdir, "--tokens", tokens, *args)
         self.env["FANOUT_GRAPH_URL"] = self.fake.url
         return self.fake
 
     def start_producer(self) -> httpx.Client:
+        # Unless a test binds pages itself: `other` owns OTHER_PAGE, acme every other page.
+        pages = [p.partition("=")[0] for p in self.env["FANOUT_PAGE_TOKENS"].split(",")]
+        acme = "|".join(p for p in pages if p != OTHER_PAGE)
+        self.env.setdefault("FANOUT_TENANT_PAGES", f"acme={acme},other={OTHER_PAGE}")
         port = free_port()
         self.procs.append(
             Proc(

@@ -24,6 +24,7 @@ def settings_env(redis_server: RedisServer, **extra: str) -> dict[str, str]:
         "FANOUT_REDIS_URL": redis_server.url,
         "FANOUT_API_TOKENS": ",".join(f"{t}={tok}" for t, tok in API_TOKENS.items()),
         "FANOUT_PAGE_TOKENS": f"{PAGE}=EAAsecret",
+        "FANOUT_TENANT_PAGES": f"acme={PAGE}",
         "FANOUT_SHARDS": "3",
         "FANOUT_CHUNK_SIZE": "10",
         "FANOUT_WINDOW": "2",
@@ -147,7 +148,8 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
     ),
     ("tag without MESSAGE_TAG", job(tag="ACCOUNT_UPDATE"), 422, "invalid_field", "tag"),
     ("unknown field", job(extra=1), 422, "invalid_field", "extra"),
-    ("page without token", job(page_id="999"), 422, "unknown_page", "page_id"),
+    # Not acme's page, configured or not: the same 403, so no tenant learns which pages exist.
+    ("page without token", job(page_id="999"), 403, "page_forbidden", "page_id"),
 ]
 
 

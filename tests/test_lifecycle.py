@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from conftest import API_TOKENS, PAGE, Stack, psids, wait_for
+from conftest import API_TOKENS, OTHER_PAGE, PAGE, Stack, psids, wait_for
 
 from shared import keys
 
@@ -133,7 +133,7 @@ def test_idempotency_key_returns_the_same_job(stack: Stack) -> None:
     # Another tenant's identical key is theirs alone.
     theirs = httpx.post(
         str(api.base_url).rstrip("/") + "/v1/jobs",
-        json=body(30),
+        json=body(30, page_id=OTHER_PAGE),
         headers={**headers, "Authorization": f"Bearer {API_TOKENS['other']}"},
     )
     assert theirs.json()["job_id"] != first.json()["job_id"]

@@ -87,7 +87,11 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
 
 
-BASE = {"FANOUT_API_TOKENS": "a=t1,b=t2", "FANOUT_PAGE_TOKENS": "1=EAAx"}
+BASE = {
+    "FANOUT_API_TOKENS": "a=t1,b=t2",
+    "FANOUT_PAGE_TOKENS": "1=EAAx",
+    "FANOUT_TENANT_PAGES": "a=1",
+}
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from services.producer import intake, jobs, lifecycle, observe, openapi, page, u
 from services.producer.common import (
     State,
     authenticate,
+    check_page,
     error_response,
     json_response,
     limit_param,
@@ -50,6 +51,7 @@ def _parse_and_prepare(
     body: bytes, settings: ProducerSettings, tenant: str, key: str | None
 ) -> jobs.PreparedJob:
     job = intake.decode_job(body)
+    check_page(settings, tenant, job.page_id)
     text = intake.check_job(job, settings)
     return jobs.prepare(job, text, body, tenant, settings, intake.send_at_ms(job), key)
 
@@ -179,6 +181,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for page_id in settings.unbound_pages():
+            log.warning(
+                "page has a token but no tenant in FANOUT_TENANT_PAGES: nobody can send as it",
+                extra={"page_id": page_id},
+            )
         client = redis or await open_redis(settings.redis_url, settings.redis_cluster)
         app.state.fanout = State(settings, client, Scripts(client))
         try:

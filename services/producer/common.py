@@ -55,6 +55,15 @@ def authenticate(request: Request) -> str:
     return tenant
 
 
+def check_page(settings: ProducerSettings, tenant: str, page_id: str) -> None:
+    """Every route that names a page calls this before it writes anything. A page that is not
+    the tenant's answers 403 whether or not it is configured, so no tenant can learn which pages
+    this service holds for others."""
+    if not settings.owns(tenant, page_id):
+        message = f"page {page_id} is not one of this tenant's pages (FANOUT_TENANT_PAGES)"
+        raise ApiError(403, "page_forbidden", message, "page_id")
+
+
 def limit_param(request: Request, default: int, most: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None:

@@ -23,6 +23,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from services.producer import intake, jobs
+from services.producer.common import check_page
 from shared import keys
 from shared.errors import ApiError
 from shared.models import Chunk, msgpack_encode, upload_spec_decoder
@@ -151,6 +152,7 @@ async def prepare_upload(
 ) -> jobs.PreparedJob:
     spec_bytes, file = await read_form(request, settings)
     spec = intake.decode(spec_bytes, upload_spec_decoder, "spec")
+    check_page(settings, tenant, spec.page_id)
     template = intake.check_spec(spec, settings)
     await intake.check_callback(spec.callback_url, settings)
     shard = jobs.shard_for(tenant, key, settings.shards)
