@@ -161,13 +161,17 @@ class Consumer:
         return self.settings.concurrency - sum(h.reserved() for h in self.held.values())
 
     def room_for(self) -> int:
-        """How many more chunks to take now: at least one when holding nothing, and never more
-        than a bounded number held (chunks waiting for permits claim no capacity)."""
-        if not self.held:
-            return max(1, self.free_recipients() // self._chunk_size_seen)
+        """How many more chunks to take now: one more whenever any sender would otherwise sit
+        idle, and never more than a bounded number held (chunks waiting for permits claim no
+        capacity). Rounded up, not down: with fewer senders than a chunk has recipients, a
+        floor would read nothing while one throttled chunk holds a few senders, and another
+        page's job would wait behind it."""
         if len(self.held) >= self._max_held:
             return 0
-        return max(0, self.free_recipients() // self._chunk_size_seen)
+        free = self.free_recipients()
+        if not self.held:
+            return max(1, -(-free // self._chunk_size_seen))
+        return max(0, -(-free // self._chunk_size_seen))
 
     async def _read_loop(self, stream: str, shard: int) -> None:
         """One reader per shard, each blocking on its own stream, so a quiet shard never holds
