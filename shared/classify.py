@@ -1,15 +1,37 @@
-"""What to do with each provider answer: one table, tested case by case.
+"""What to do with each provider answer: one table, subcode first, tested row by row.
 
-Codes from Meta's Send API error reference and Graph API error handling guide:
-  rate limits   4 (app), 17 (user), 32 (page), 613 (send rate), HTTP 429 -> throttled, retry
-  transient     1, 2 (unexpected; 2 may also mean the person blocked the page: the retry
-                budget bounds it), 1200 (temporary send failure), is_transient, HTTP 5xx,
-                timeouts and connection resets -> retry with backoff, then failed
-  fatal         190 (token invalid or expired), 100/33 (the page no longer exists) -> the
-                job cannot go on
-  otherwise     551 (person unavailable), 10 (outside the messaging window), 100 (bad
-                parameter, e.g. no such PSID), 200/230 (permissions), 368 (blocked for
-                policy) ... -> failed at once with the provider's code and subcode
+Meta's error table (updated Jun 25, 2026):
+https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes
+and the Graph API's error handling guide:
+https://developers.facebook.com/docs/graph-api/guides/error-handling
+
+A (code, subcode) row wins over its code's row: 613/2018338 fails the person although 613
+otherwise throttles the page, and 10/1893063 restricts the page although 10 otherwise fails
+the person.
+
+  (code, subcode)    verdict     what fanout does
+  10/2018278         failed      outside the allowed window: never retried in the job
+  10/2534022         failed      outside the allowed window
+  10/2018108         failed      the person can't receive your messages right now
+  100/2018001        failed      no matching user
+  200/1545041        failed      person unavailable
+  551/1545041        failed      person unavailable (blocked)
+  10/1893015         failed      the person opted out of these messages
+  613/2018338        failed      too many tagged messages to this person (not a page throttle)
+  4/2018354          failed      marketing message frequency for this person
+  100/1893061        failed      retired tag (refused at submit; a job from before still ends)
+  100/33             fatal       the page no longer exists: the job cannot go on
+  10/1893063         restricted  the page is restricted from sending: every job of the page
+                                 is paused fleet-wide until a user resumes one
+  code 190           fatal       token invalid or expired: the job stops
+  codes 4 17 32 613, HTTP 429
+                     throttled   the page cools down fleet-wide; the recipient is retried
+  codes 1 2 1200, is_transient, HTTP 5xx, timeouts, resets
+                     retry       within the recipient's retry budget in time; a page whose
+                                 answers turn mostly transient is held by the circuit breaker
+                                 (services/consumer/pagehealth.py). Code 2 may also mean the
+                                 person blocked the page: bounded per recipient
+  anything else      failed      with the provider's code and subcode
 """
 
 from __future__ import annotations
@@ -22,11 +44,25 @@ import msgspec
 
 from shared.provider import SendResult
 
-Verdict = Literal["sent", "retry", "throttled", "failed", "fatal"]
+Verdict = Literal["sent", "retry", "throttled", "failed", "fatal", "restricted"]
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613})
 TRANSIENT_CODES = frozenset({1, 2, 1200})
 FATAL_CODES = frozenset({190})
-FATAL_PAIRS = frozenset({(100, 33)})
+# Rows that decide by code and subcode, before any rule by code alone.
+PAIRS: dict[tuple[int, int], Verdict] = {
+    (10, 2018278): "failed",  # outside the allowed window
+    (10, 2534022): "failed",  # outside the allowed window
+    (10, 2018108): "failed",  # can't receive your messages right now
+    (100, 2018001): "failed",  # no matching user
+    (200, 1545041): "failed",  # person unavailable
+    (551, 1545041): "failed",  # person unavailable
+    (10, 1893015): "failed",  # opted out of these messages
+    (613, 2018338): "failed",  # too many tagged messages to this person
+    (4, 2018354): "failed",  # marketing message frequency for this person
+    (100, 1893061): "failed",  # retired message tag
+    (100, 33): "fatal",  # the page no longer exists
+    (10, 1893063): "restricted",  # the page is temporarily restricted from sending
+}
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -57,9 +93,13 @@ def classify(result: SendResult) -> Decision:
     error = answer.error
     code = str(error.code)
     subcode = "" if error.error_subcode is None else str(error.error_subcode)
+    if error.error_subcode is not None:
+        pair = PAIRS.get((error.code, error.error_subcode))
+        if pair is not None:
+            return Decision(pair, code, subcode, error.message)
     if error.code in RATE_LIMIT_CODES or result.status == 429:
         return Decision("throttled", code, subcode, error.message, result.retry_after)
-    if error.code in FATAL_CODES or (error.code, error.error_subcode) in FATAL_PAIRS:
+    if error.code in FATAL_CODES:
         return Decision("fatal", code, subcode, error.message)
     if error.code in TRANSIENT_CODES or error.is_transient or result.status >= 500:
         return Decision("retry", code, subcode, error.message, result.retry_after)
