@@ -558,3 +558,47 @@ def test_python_m_runs_until_sigterm() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+# ---- page health knobs: an outage, a restricted page, the 24 h window ----
+
+
+def test_outage_answers_503_code_2_until_its_end(fake: FakeGraph, http: httpx.Client) -> None:
+    fake.configure(outage_until=time.time() + 60, revoked=True)
+    error = assert_graph_error(http.post(SEND, json=message(), headers=AUTH), 503, 2)
+    assert error["is_transient"] is True
+    assert error["message"] == "(#2) Service temporarily unavailable"
+    fake.configure(outage_until=time.time() - 1, revoked=False)
+    assert http.post(SEND, json=message(), headers=AUTH).status_code == 200
+    counts = stats(http)
+    assert (counts["requests"], counts["delivered"]) == (2, 1)
+    assert counts["by_code"] == {"2": 1, "200": 1}
+
+
+def test_restricted_page_answers_10_1893063(fake: FakeGraph, http: httpx.Client) -> None:
+    fake.configure(restricted_pages=["me"])
+    error = assert_graph_error(http.post(SEND, json=message("7"), headers=AUTH), 400, 10, 1893063)
+    assert error["message"] == "(#10) You are temporarily restricted from sending messages"
+    assert http.post("/v21.0/42/messages", json=message("7"), headers=AUTH).status_code == 200
+    assert http.get("/_fake/refused").json() == {"10/1893063": {"7": 1}}
+    assert stats(http)["delivered"] == 1
+
+
+def test_window_enforced_from_the_last_message_table(fake: FakeGraph, http: httpx.Client) -> None:
+    now = time.time()
+    fed = http.post("/_fake/window", json={"1": now - 3600, "2": now - 25 * 3600})
+    assert fed.json() == {"people": 2}
+    fake.configure(enforce_window=True)
+    assert http.post(SEND, json=message("1", messaging_type="UPDATE"), headers=AUTH).is_success
+    for psid in ("2", "3"):  # 25 h ago, and never
+        error = assert_graph_error(
+            http.post(SEND, json=message(psid, messaging_type="RESPONSE"), headers=AUTH),
+            400,
+            10,
+            2018278,
+        )
+        assert error["message"].startswith("(#10) This message is sent outside of allowed window.")
+    tagged = message("2", messaging_type="MESSAGE_TAG", tag="HUMAN_AGENT")
+    assert http.post(SEND, json=tagged, headers=AUTH).is_success  # tags are not checked here
+    assert http.get("/_fake/refused").json() == {"10/2018278": {"2": 1, "3": 1}}
+    assert http.post("/_fake/window", json={"1": "yesterday"}).status_code == 400

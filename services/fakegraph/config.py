@@ -30,6 +30,22 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every request answers 190, subcode 463 (token invalidated), HTTP 400."""
     seed: int = 0
     """Seed of the random generator that draws `fail_rate` failures."""
+    outage_until: float = 0.0
+    """Unix time (s): until then every send is answered as Graph answers in an outage, HTTP
+    503, code 2 "Service temporarily unavailable", `is_transient` (Graph API error handling,
+    https://developers.facebook.com/docs/graph-api/guides/error-handling); not delivered.
+    0 or a past time: no outage. Checked before anything else: nothing works in an outage."""
+    restricted_pages: list[str] = []
+    """Pages whose sends answer 10/1893063 "You are temporarily restricted from sending
+    messages" (HTTP 400; Messenger error codes, updated Jun 25, 2026,
+    https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes);
+    not delivered."""
+    enforce_window: bool = False
+    """Sends of `messaging_type` RESPONSE or UPDATE (or none) to a person whose last message
+    (fed through `POST /_fake/window`) is over 24 h old, or unknown, answer 10/2018278
+    "This message is sent outside of allowed window" (HTTP 400; same error-codes page; the
+    24 h rule: https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages).
+    Tags (7 days) and UTILITY templates are not checked."""
 
     def __post_init__(self) -> None:
         # Runs on construction and on decode/convert, so `POST /_fake/config` is validated.
@@ -41,6 +57,8 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("latency_ms must be >= 0")
         if self.rate_limit < 0:
             raise ValueError("rate_limit must be >= 0")
+        if self.outage_until < 0:
+            raise ValueError("outage_until must be >= 0 (a Unix time in seconds)")
 
 
 def parse_page_tokens(spec: str) -> dict[str, str]:

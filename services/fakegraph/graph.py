@@ -3,7 +3,8 @@
 `FakeGraph.respond()` takes one parsed HTTP request and gives `(status, body)`; it knows
 nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
 
-    token / revoked (190) -> body (100) -> rate limit (613) -> fail_rate (500, code 2)
+    outage (503, code 2) -> token / revoked (190) -> body (100) -> rate limit (613)
+    -> fail_rate (500, code 2) -> restricted page (10/1893063) -> window (10/2018278)
     -> blocked (551) -> delivered (200)
 
 The page of a send is the one its token maps to when `tokens` is set, else the URL's
@@ -30,6 +31,7 @@ from services.fakegraph.config import FakeGraphConfig, redacted
 from services.fakegraph.stats import Stats
 
 _HASH_SPACE = 2**32
+_WINDOW_S = 24 * 3600  # the standard messaging window
 
 
 class _Recipient(msgspec.Struct):
@@ -74,6 +76,9 @@ class FakeGraph:
         self._blocked_list: list[str] | None = None
         self._blocked_len = 0
         self._blocked_set: frozenset[str] = frozenset()
+        self.last_message: dict[str, float] = {}
+        """PSID -> Unix time of the person's last message to the page (`enforce_window`);
+        fed by `POST /_fake/window`, kept across `reset()`."""
 
     # ---- public helpers (tests in-process, the CLI) ----
 
@@ -128,8 +133,11 @@ class FakeGraph:
             request = None
         token = _token(authorization, query, request)
         page = config.tokens.get(token) if config.tokens and token else url_page
-        this_second = self.stats.tick(page or url_page, int(time.time()))
+        now = time.time()
+        this_second = self.stats.tick(page or url_page, int(now))
 
+        if now < config.outage_until:
+            return self._error(r.OUTAGE)
         if config.revoked:
             return self._error(r.TOKEN_REVOKED)
         if page is None or not token:
@@ -143,6 +151,9 @@ class FakeGraph:
             return self._error(r.RATE_LIMITED)
         if config.fail_rate and self._draw() < config.fail_rate:
             return self._error(r.TRANSIENT)
+        refusal = self._refusal(config, page, request, psid, now)
+        if refusal is not None:
+            return refusal
         if (config.blocked or config.blocked_rate) and self._is_blocked(config, psid):
             return self._error(r.UNAVAILABLE)
 
@@ -167,6 +178,24 @@ class FakeGraph:
             self._rng_seed = self.config.seed
         return self._rng.random()
 
+    def _refusal(
+        self, config: FakeGraphConfig, page: str, request: _SendRequest, psid: str, now: float
+    ) -> Answer | None:
+        """A restricted page, or a person outside the window, counted per recipient."""
+        if page in config.restricted_pages:
+            self.stats.refuse("10/1893063", psid)
+            return self._error(r.PAGE_RESTRICTED)
+        if config.enforce_window and self._outside_window(request, psid, now):
+            self.stats.refuse("10/2018278", psid)
+            return self._error(r.OUTSIDE_WINDOW)
+        return None
+
+    def _outside_window(self, request: _SendRequest, psid: str, now: float) -> bool:
+        if request.messaging_type not in (None, "RESPONSE", "UPDATE"):
+            return False
+        last = self.last_message.get(psid)
+        return last is None or now - last > _WINDOW_S
+
     def _is_blocked(self, config: FakeGraphConfig, psid: str) -> bool:
         blocked = config.blocked
         if blocked:
@@ -187,6 +216,13 @@ class FakeGraph:
             return 200, r.json_body(self.stats.deliveries)
         if path == b"/_fake/texts" and method == b"GET":
             return 200, r.json_body(self.stats.texts)
+        if path == b"/_fake/refused" and method == b"GET":
+            return 200, r.json_body(self.stats.refused)
+        if path == b"/_fake/window":
+            if method == b"GET":
+                return 200, r.json_body(self.last_message)
+            if method == b"POST":
+                return self._post_window(body)
         if path == b"/_fake/reset" and method == b"POST":
             self.reset()
             return 200, r.json_body(self.stats.snapshot(int(time.time())))
@@ -197,6 +233,14 @@ class FakeGraph:
                 return self._post_config(body)
         return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
 
+    def _post_window(self, body: bytes) -> Answer:
+        """Merge `{"<psid>": <Unix time of their last message>, ...}` into the window table."""
+        try:
+            self.last_message.update(_decode_window(body or b"{}"))
+        except msgspec.MsgspecError as exc:
+            return self.answer_error(r.bad_config(str(exc)))
+        return 200, r.json_body({"people": len(self.last_message)})
+
     def _post_config(self, body: bytes) -> Answer:
         try:
             patch = self._decode_patch(body or b"{}")
@@ -204,6 +248,9 @@ class FakeGraph:
         except msgspec.MsgspecError as exc:
             return self.answer_error(r.bad_config(str(exc)))
         return 200, r.json_body(redacted(self.config))
+
+
+_decode_window = msgspec.json.Decoder(dict[str, float]).decode
 
 
 def _token(authorization: bytes | None, query: bytes, request: _SendRequest | None) -> str | None:

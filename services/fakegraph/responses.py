@@ -18,6 +18,7 @@ _REASONS = {
     404: b"Not Found",
     413: b"Payload Too Large",
     500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }
 _HEADS = {
     status: b"HTTP/1.1 %d %b\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Length: "
@@ -125,6 +126,21 @@ TRANSIENT = GraphError(
 )
 UNAVAILABLE = GraphError(400, 551, "(#551) This person isn't available right now.", subcode=1545041)
 INTERNAL = GraphError(500, 1, "An unknown error has occurred.", transient=True)
+# Graph API error handling (code 2, "Service temporarily unavailable"):
+# https://developers.facebook.com/docs/graph-api/guides/error-handling
+OUTAGE = GraphError(503, 2, "(#2) Service temporarily unavailable", transient=True)
+# Messenger error codes, updated Jun 25, 2026:
+# https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes
+PAGE_RESTRICTED = GraphError(
+    400, 10, "(#10) You are temporarily restricted from sending messages", subcode=1893063
+)
+OUTSIDE_WINDOW = GraphError(
+    400,
+    10,
+    "(#10) This message is sent outside of allowed window. Learn more about the new policy "
+    "here: https://developers.facebook.com/docs/messenger-platform/policy-overview",
+    subcode=2018278,
+)
 
 
 def unknown_path(path: str) -> GraphError:

@@ -57,9 +57,12 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 _DESCRIPTION = """\
 Local stand-in for the Messenger Send API (POST /{version}/me/messages and
 /{version}/{page_id}/messages). Answers success, or Graph-shaped errors on demand:
-190 bad/revoked token, 100 bad body, 613 rate limit, HTTP 500 code 2, 551 blocked.
+190 bad/revoked token, 100 bad body, 613 rate limit, HTTP 500 code 2, 551 blocked,
+an outage (HTTP 503 code 2), a restricted page (10/1893063), the 24 h window (10/2018278).
 Test hooks: GET /_fake/stats, GET /_fake/delivered, POST /_fake/reset,
-GET|POST /_fake/config (JSON subset of the options below, live).
+GET|POST /_fake/config (JSON subset of the options below, live; also outage_until),
+GET|POST /_fake/window ({"<psid>": <Unix time of their last message>}),
+GET /_fake/refused (per code/subcode, per PSID: what the knobs refused).
 Runs until SIGINT/SIGTERM; prints one JSON line saying where it listens."""
 
 
@@ -140,6 +143,18 @@ def _argument_parser() -> argparse.ArgumentParser:
     )
     add("--revoked", action="store_true", help="answer every send 190, subcode 463")
     add("--seed", type=int, default=0, help="random seed of --fail-rate draws (default: 0)")
+    add(
+        "--restricted",
+        default="",
+        metavar="PAGE,...",
+        help="pages whose sends answer 10/1893063 (temporarily restricted from sending)",
+    )
+    add(
+        "--enforce-window",
+        action="store_true",
+        help="answer 10/2018278 to RESPONSE/UPDATE sends to people whose last message "
+        "(POST /_fake/window) is over 24 h old or unknown",
+    )
     return parser
 
 
@@ -164,6 +179,8 @@ def _config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> F
         tokens=tokens,
         revoked=args.revoked,
         seed=args.seed,
+        restricted_pages=[p.strip() for p in args.restricted.split(",") if p.strip()],
+        enforce_window=args.enforce_window,
     )
 
 

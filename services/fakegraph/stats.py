@@ -25,6 +25,7 @@ class Stats:
         "per_second",
         "deliveries",
         "texts",
+        "refused",
     )
 
     def __init__(self) -> None:
@@ -37,6 +38,8 @@ class Stats:
         self.per_second: dict[str, dict[int, int]] = {}
         self.deliveries: dict[str, dict[str, int]] = {}
         self.texts: dict[str, str] = {}  # psid -> the last text it was sent (the first 10,000)
+        # "code/subcode" -> psid -> answers: what the restriction and window knobs refused
+        self.refused: dict[str, dict[str, int]] = {}
 
     def tick(self, page_id: str, second: int) -> int:
         """Count one request to `page_id` in wall-clock `second`; return that second's count."""
@@ -72,6 +75,13 @@ class Stats:
             self.unique += 1
         elif count == 2 and len(self.duplicate_ids) < MAX_DUPLICATE_IDS:
             self.duplicate_ids.append(psid)
+
+    def refuse(self, kind: str, psid: str) -> None:
+        """Count one refusal of `kind` ("10/2018278", ...) to `psid` (per-recipient attempts)."""
+        psids = self.refused.get(kind)
+        if psids is None:
+            psids = self.refused[kind] = {}
+        psids[psid] = psids.get(psid, 0) + 1
 
     def remember_text(self, psid: str, text: str) -> None:
         """Keep what a recipient was sent (for tests of personalisation); bounded."""
