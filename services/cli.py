@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,10 +24,17 @@ def _run_producer(args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.producer.app import create_app
+    from shared.listen import bound_port, listen
 
     settings = producer_settings()
+    # Bound here, not by uvicorn, so a taken port is one line and exit 2, not a traceback
+    # after the app had started.
+    sock = listen(args.host, args.port, "--port")
     logs.setup("producer", settings.log_level, (s.reveal() for s in settings.api_tokens.values()))
-    uvicorn.run(
+    # uvicorn says where it listens only for sockets it bound itself; --port 0 needs telling.
+    where = {"host": args.host, "port": bound_port(sock)}
+    logging.getLogger("fanout.producer").info("listening", extra=where)
+    config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
@@ -36,6 +44,7 @@ def _run_producer(args: argparse.Namespace) -> int:
         http="httptools",
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
@@ -75,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("producer", help="run the HTTP API (jobs in, status out)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port to listen on (default 8000; 0: a free one, logged)",
+    )
     p.set_defaults(run=_run_producer)
 
     c = sub.add_parser(

@@ -1,18 +1,24 @@
-"""The consumer's probe and metrics endpoints on FANOUT_METRICS_PORT (0 turns them off).
+"""The consumer's probe and metrics endpoints on FANOUT_METRICS_PORT (0: a free port, logged).
 
 Three GET routes for kubelets and Prometheus need no web framework: a plain asyncio server
-reads the request line and answers with Connection: close.
+reads the request line and answers with Connection: close. The port is bound (``bind``) before
+the consumer opens Redis, so a second consumer on the same port stops at once with one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from services.consumer.worker import Consumer
+from shared.listen import bound_port, listen
+
+log = logging.getLogger("fanout.consumer")
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
@@ -41,10 +47,13 @@ async def answer(consumer: Consumer, method: str, path: str) -> tuple[int, str, 
     return 404, "application/json", b'{"status": "not found"}'
 
 
-async def start(consumer: Consumer, port: int) -> asyncio.Server | None:
-    if port == 0:
-        return None
+def bind(port: int) -> socket.socket:
+    """The probe socket; ``SettingsError`` naming FANOUT_METRICS_PORT if the port is taken."""
+    hint = "give each consumer on a host its own port, or 0 for a free one"
+    return listen("0.0.0.0", port, "FANOUT_METRICS_PORT", hint)
 
+
+async def start(consumer: Consumer, sock: socket.socket) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), 5)
@@ -63,4 +72,7 @@ async def start(consumer: Consumer, port: int) -> asyncio.Server | None:
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, "0.0.0.0", port)
+    server = await asyncio.start_server(handle, sock=sock)
+    # With FANOUT_METRICS_PORT=0 this line is the only place the port is told.
+    log.info("probes and metrics listening", extra={"metrics_port": bound_port(sock)})
+    return server

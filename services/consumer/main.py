@@ -16,12 +16,16 @@ log = logging.getLogger("fanout.consumer")
 
 
 async def serve(settings: ConsumerSettings) -> None:
+    probe_socket = health.bind(settings.metrics_port)
+    warning = settings.rate_warning()
+    if warning:
+        log.warning(warning)
     redis = await open_redis(settings.redis_url, settings.redis_cluster)
     consumer = Consumer(settings, redis)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
-    probes = await health.start(consumer, settings.metrics_port)
+    probes = await health.start(consumer, probe_socket)
     callbacks = CallbackSender(redis, settings)
     callbacks_task = asyncio.create_task(callbacks.run())
     try:
@@ -31,6 +35,5 @@ async def serve(settings: ConsumerSettings) -> None:
         callbacks_task.cancel()
         await asyncio.gather(callbacks_task, return_exceptions=True)
         await callbacks.close()
-        if probes is not None:
-            probes.close()
+        probes.close()
         await redis.aclose()
