@@ -17,9 +17,6 @@ log = logging.getLogger("fanout.consumer")
 
 async def serve(settings: ConsumerSettings) -> None:
     probe_socket = health.bind(settings.metrics_port)
-    warning = settings.rate_warning()
-    if warning:
-        log.warning(warning)
     redis = await open_redis(settings.redis_url, settings.redis_cluster)
     consumer = Consumer(settings, redis)
     loop = asyncio.get_running_loop()
