@@ -190,7 +190,7 @@ def add_commands(sub: Any) -> None:
     s.add_argument(
         "--messaging-type", default="UPDATE", choices=["RESPONSE", "UPDATE", "MESSAGE_TAG"]
     )
-    s.add_argument("--tag", help="message tag (implies MESSAGE_TAG), e.g. POST_PURCHASE_UPDATE")
+    s.add_argument("--tag", help="message tag (implies MESSAGE_TAG), e.g. HUMAN_AGENT")
     s.add_argument("--send-at", help="ISO 8601 time with a zone to send at, e.g. 2026-12-01T09:00Z")
     s.add_argument("--callback-url", help="URL to receive the final job when it ends")
     s.add_argument("--idempotency-key", help="a retried send with the same key makes no second job")

@@ -109,7 +109,9 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         "FANOUT_REDIS_URL": _redis(services),
         "FANOUT_API_TOKENS": f"demo={api_token}",
         "FANOUT_PAGE_TOKENS": f"{PAGE}={page_token}",
-        "FANOUT_METRICS_PORT": "0",
+        # Set, not inherited: a binding in the user's shell would name tenants the demo lacks.
+        "FANOUT_TENANT_PAGES": f"demo={PAGE}",
+        "FANOUT_METRICS_PORT": "0",  # a free port for each consumer
         "FANOUT_LOG_LEVEL": "WARNING",
         "FANOUT_RATE_LIMIT": str(rate),
     }

@@ -67,6 +67,7 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         error_codes={k[5:]: int(v) for k, v in h.items() if k.startswith("code:")},
         reason=h["reason"].decode() if h.get("reason") else None,
         callback_url=h["callback_url"].decode() if h.get("callback_url") else None,
+        message_kind=h["kind"].decode() if h.get("kind") else "text",  # none before rich messages
     )
 
 

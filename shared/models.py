@@ -12,26 +12,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-# Meta: "message.text ... UTF-8 ... 2000 character limit".
-MAX_TEXT = 2000
-MessagingType = Literal["RESPONSE", "UPDATE", "MESSAGE_TAG"]
-# The message tags Meta accepts today (Send API, "Message Tags").
-MessageTag = Literal[
-    "ACCOUNT_UPDATE",
-    "CONFIRMED_EVENT_UPDATE",
-    "CUSTOMER_FEEDBACK",
-    "HUMAN_AGENT",
-    "POST_PURCHASE_UPDATE",
-]
+# Meta's message object and the lane rules live in shared.messages; re-exported for callers.
+from shared.messages import MAX_TEXT, Message, MessageTag, MessagingType
+
+__all__ = ["MAX_TEXT", "Message", "MessageTag", "MessagingType"]
+
 Psid = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
 PageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
 JobStatusName = Literal[
     "scheduled", "pending", "running", "paused", "completed", "failed", "cancelled"
 ]
-
-
-class Message(msgspec.Struct, forbid_unknown_fields=True):
-    text: Annotated[str, Meta(min_length=1, max_length=MAX_TEXT)]
 
 
 class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -80,6 +70,9 @@ class JobView(msgspec.Struct, kw_only=True):
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
     callback_url: str | None
+    # What the message is: text, image, video, audio, file, button_template, generic_template,
+    # media_template, customer_feedback_template or utility_template.
+    message_kind: str = "text"
 
 
 class JobList(msgspec.Struct, kw_only=True):

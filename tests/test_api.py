@@ -146,7 +146,7 @@ BAD_BODIES: list[tuple[str, Any, int, str, str | None]] = [
         "invalid_field",
         "tag",
     ),
-    ("tag without MESSAGE_TAG", job(tag="ACCOUNT_UPDATE"), 422, "invalid_field", "tag"),
+    ("tag without MESSAGE_TAG", job(tag="HUMAN_AGENT"), 422, "invalid_field", "tag"),
     ("unknown field", job(extra=1), 422, "invalid_field", "extra"),
     # Not acme's page, configured or not: the same 403, so no tenant learns which pages exist.
     ("page without token", job(page_id="999"), 403, "page_forbidden", "page_id"),
@@ -181,7 +181,7 @@ def test_bad_input_is_a_clear_4xx_and_writes_nothing(
 
 
 def test_message_tag_with_valid_tag_is_accepted(client: TestClient) -> None:
-    body = job(messaging_type="MESSAGE_TAG", tag="ACCOUNT_UPDATE")
+    body = job(messaging_type="MESSAGE_TAG", tag="HUMAN_AGENT", recipients=["7"])
     assert client.post("/v1/jobs", json=body, headers=AUTH).status_code == 202
 
 

@@ -351,7 +351,8 @@ def test_settings_parse_and_probes_hit_the_served_ports(name: str) -> None:
 
     producer, container = _fanout_container(objs, "fanout-producer")
     env = container_env(objs, container)
-    producer_settings(env)  # raises SettingsError naming a bad variable
+    # Raises SettingsError naming a bad variable; every page with a token has its tenant.
+    assert producer_settings(env).unbound_pages() == []
     args = parser.parse_args(container["args"])
     assert args.command == "producer" and args.host == "0.0.0.0"
     assert _port_number(container, "http") == args.port
@@ -540,13 +541,17 @@ def _exported_metrics() -> dict[str, set[str]]:
         for m in vars(metrics).values()
         if isinstance(m, prometheus_client.metrics.MetricWrapperBase)
     }
+    labelnames |= {
+        m.name: set(m.labelnames) for m in vars(metrics).values() if hasattr(m, "labelnames")
+    }
     suffixes = {
         "counter": ("_total",),
         "histogram": ("_bucket", "_sum", "_count"),
         "summary": ("", "_sum", "_count"),
     }
     exported: dict[str, set[str]] = {}
-    for family in prometheus_client.REGISTRY.collect():
+    families = [*metrics.CONSUMER.collect(), *metrics.PRODUCER.collect()]
+    for family in families:
         if family.name.startswith("fanout_"):
             for suffix in suffixes.get(family.type, ("",)):
                 exported[family.name + suffix] = labelnames.get(family.name, set())

@@ -46,7 +46,7 @@ def new_job(redis_server: RedisServer, n: int, window: int = 1) -> keys.JobKeys:
             "FANOUT_WINDOW": str(window),
         }
     )
-    prepared = jobs.prepare(request, "hi", b"{}", "acme", settings, 0, None)
+    prepared = jobs.prepare(request, request.message, b"{}", "acme", settings, 0, None)
 
     async def make(client: Redis, scripts: Scripts) -> None:
         await client.xgroup_create(keys.work_stream(0), keys.GROUP, id="0", mkstream=True)

@@ -23,27 +23,27 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from services.consumer.limiter import PageLimiter
-from shared import metrics
+from shared import messages, metrics
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
-from shared.models import MAX_TEXT, Chunk, Failure, Outcome, json_encode
+from shared.messages import Personalised, RenderError
+from shared.models import Chunk, Failure, Message, Outcome, json_encode
 from shared.provider import Head, MessengerClient
-from shared.template import Template
 
 log = logging.getLogger("fanout.consumer")
 
 _THROTTLE_BUDGET = 50  # attempts per recipient while the provider keeps saying "slow down"
-_TOO_LONG = Decision(
-    "failed", "text_too_long", "", f"the personalised text is over {MAX_TEXT} characters"
-)
 
 
 class JobSpec:
-    """What every message of one job shares, the Send API body pre-split around the PSID."""
+    """What every message of one job shares, the Send API body pre-split around the PSID.
+
+    A message without placeholders is encoded once; a personalised one is filled per recipient
+    and checked against Meta's limits again (``shared.messages.Personalised``)."""
 
     __slots__ = (
-        *("_messaging_type", "_prefix", "_suffix", "_tag", "_template"),
-        *("head", "job_id", "keys", "limiter", "page_id", "stopped"),
+        *("_messaging_type", "_personalised", "_prefix", "_rest", "_suffix", "_tag"),
+        *("head", "job_id", "keys", "limiter", "message", "page_id", "stopped"),
     )
 
     def __init__(
@@ -52,7 +52,7 @@ class JobSpec:
         page_id: str,
         head: Head,
         limiter: PageLimiter,
-        text: str,
+        message: Message,
         messaging_type: str,
         tag: str | None,
         personal: bool = False,
@@ -62,27 +62,28 @@ class JobSpec:
         self.page_id = page_id
         self.head = head  # the framed request head, page token included: memory only
         self.limiter = limiter
+        self.message = message  # as stored; personal ones still carry their placeholders
         self.stopped = False  # the job was stopped: send nothing more for it
-        self._template = Template.parse(text) if personal else None
+        self._personalised = Personalised(message) if personal else None
         self._messaging_type = messaging_type
         self._tag = tag
         self._prefix = b'{"recipient":{"id":'
-        self._suffix = b"}," + self._tail(text)
+        rest: dict[str, str] = {"messaging_type": messaging_type}
+        if tag:
+            rest["tag"] = tag
+        self._rest = b"," + json_encode(rest)[1:]  # ',"messaging_type":...}'
+        self._suffix = b'},"message":' + messages.encode(message) + self._rest
 
-    def _tail(self, text: str) -> bytes:
-        rest = {"message": {"text": text}, "messaging_type": self._messaging_type}
-        if self._tag:
-            rest["tag"] = self._tag
-        return json_encode(rest)[1:]  # '"message":...}' of '{"message":...}'
-
-    def body(self, psid: str, values: dict[str, str] | None) -> bytes | None:
-        """The Send API body for one recipient; None when its rendered text is too long."""
+    def body(self, psid: str, values: dict[str, str] | None) -> bytes | Decision:
+        """The Send API body for one recipient, or the failure of a message that breaks one
+        of Meta's limits once filled for them."""
         suffix = self._suffix
-        if self._template is not None:
-            text = self._template.render(values or {})
-            if len(text) > MAX_TEXT:
-                return None
-            suffix = b"}," + self._tail(text)
+        if self._personalised is not None:
+            try:
+                filled = self._personalised.render_json(values or {})
+            except RenderError as exc:
+                return Decision("failed", exc.code, "", exc.message)
+            suffix = b'},"message":' + filled + self._rest
         return self._prefix + json_encode(psid) + suffix
 
 
@@ -177,9 +178,9 @@ class Senders:
         work.attempts[index] = attempt
         chunk = work.chunk
         body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
-        if body is None:
-            work.fail(index, _TOO_LONG, attempt)
-            metrics.MESSAGES.labels("failed", _TOO_LONG.code).inc()
+        if isinstance(body, Decision):
+            work.fail(index, body, attempt)
+            metrics.MESSAGES.labels("failed", body.code).inc()
             work.settle()
             return
         self.in_flight += 1

@@ -7,8 +7,8 @@ from typing import cast
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
-from shared.models import Outcome, msgpack_encode
+from shared import keys, messages
+from shared.models import Message, Outcome, msgpack_encode
 from shared.scripts import Scripts
 
 ERRORS_CAP = 10_000  # failure records kept per job (approximate: XADD MAXLEN ~)
@@ -18,10 +18,10 @@ FRESH, FINISHED, IN_DOUBT = "0", "1", "2"
 
 class JobFields(msgspec.Struct, frozen=True):
     page_id: str
-    text: str
+    message: Message  # Meta's message object, placeholders unfilled when ``personal``
     messaging_type: str
     tag: str | None
-    personal: bool  # the text has placeholders, filled per recipient
+    personal: bool  # the message has placeholders, filled per recipient
 
 
 class Begun(msgspec.Struct, frozen=True):
@@ -43,12 +43,15 @@ def _text(value: bytes | None) -> str:
 
 async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
     """What every message of the job shares; None when the job no longer exists."""
-    values = await redis.hmget(k.hash, ["page_id", "text", "messaging_type", "tag", "personal"])
-    page_id, text, messaging_type, tag, personal = cast(list[bytes | None], values)
+    names = ["page_id", "message", "text", "messaging_type", "tag", "personal"]
+    values = await redis.hmget(k.hash, names)
+    page_id, message, text, messaging_type, tag, personal = cast(list[bytes | None], values)
     if page_id is None:
         return None
+    # A job written by a producer of the text-only release has no `message` field.
+    decoded = messages.decode(message) if message else Message(text=_text(text))
     return JobFields(
-        _text(page_id), _text(text), _text(messaging_type), _text(tag) or None, bool(personal)
+        _text(page_id), decoded, _text(messaging_type), _text(tag) or None, bool(personal)
     )
 
 

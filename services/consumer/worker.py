@@ -310,7 +310,7 @@ class Consumer:
             fields.page_id,
             self.client.head(token.reveal()),
             self._limiters.for_page(fields.page_id),
-            fields.text,
+            fields.message,
             fields.messaging_type,
             fields.tag,
             fields.personal,

@@ -52,8 +52,8 @@ def _parse_and_prepare(
 ) -> jobs.PreparedJob:
     job = intake.decode_job(body)
     check_page(settings, tenant, job.page_id)
-    text = intake.check_job(job, settings)
-    return jobs.prepare(job, text, body, tenant, settings, intake.send_at_ms(job), key)
+    message = intake.check_job(job, settings)
+    return jobs.prepare(job, message, body, tenant, settings, intake.send_at_ms(job), key)
 
 
 async def submit_job(request: Request) -> Response:

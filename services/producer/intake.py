@@ -1,5 +1,5 @@
 """What a submit must pass before anything is written: the body within its limit, valid JSON
-of the right shape, the rules Meta adds (tags, text length, placeholders), and the headers and
+of the right shape, the rules Meta adds (lanes and tags, limits, placeholders), and the headers and
 query parameters that shape the job (Idempotency-Key, ?wait=, send_at)."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import TypeVar
 import msgspec
 from starlette.requests import Request
 
+from shared import messages
 from shared.callbacks import check_target
 from shared.errors import ApiError
-from shared.models import MAX_TEXT, JobRequest, UploadSpec, job_request_decoder, json_encode
+from shared.messages import Personalised, RenderError
+from shared.models import JobRequest, Message, UploadSpec, job_request_decoder, json_encode
 from shared.settings import ProducerSettings
-from shared.template import Template
 
 T = TypeVar("T")
 
@@ -74,14 +75,12 @@ def decode_job(body: bytes) -> JobRequest:
     return decode(body, job_request_decoder)
 
 
-def check_spec(spec: UploadSpec, settings: ProducerSettings) -> Template:
-    """The rules every job must meet, whatever carries its recipients; returns its template."""
-    if spec.messaging_type == "MESSAGE_TAG" and spec.tag is None:
-        raise ApiError(422, "invalid_field", "messaging_type MESSAGE_TAG needs a tag", "tag")
-    if spec.messaging_type != "MESSAGE_TAG" and spec.tag is not None:
-        raise ApiError(
-            422, "invalid_field", "a tag is only allowed with messaging_type MESSAGE_TAG", "tag"
-        )
+def check_spec(
+    spec: UploadSpec, settings: ProducerSettings, recipients: int | None = None
+) -> Personalised:
+    """The rules every job must meet, whatever carries its recipients (``recipients``: their
+    count, None while a CSV is still unread); returns the message with its placeholders."""
+    messages.check_lane(spec.messaging_type, spec.tag, spec.message, recipients)
     if spec.page_id not in settings.page_ids:
         raise ApiError(
             422, "unknown_page", f"page {spec.page_id} has no configured page token", "page_id"
@@ -90,10 +89,7 @@ def check_spec(spec: UploadSpec, settings: ProducerSettings) -> Template:
         raise ApiError(
             422, "invalid_field", f"metadata exceeds {_MAX_METADATA} bytes as JSON", "metadata"
         )
-    try:
-        return Template.parse(spec.message.text)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_field", str(exc), "message.text") from None
+    return Personalised(spec.message)
 
 
 async def check_callback(url: str | None, settings: ProducerSettings) -> None:
@@ -118,26 +114,25 @@ def check_count(count: int, settings: ProducerSettings) -> None:
         )
 
 
-def check_job(job: JobRequest, settings: ProducerSettings) -> str:
+def check_job(job: JobRequest, settings: ProducerSettings) -> Message:
     """A JSON job: its recipients carry no variables, so every placeholder needs a default.
-    Returns the text to send (placeholders filled with their defaults)."""
-    template = check_spec(job, settings)
+    Returns the message to send (placeholders filled with their defaults)."""
+    unique = len(set(job.recipients)) if len(job.recipients) > 1 else 1
+    personalised = check_spec(job, settings, unique)
     check_count(len(job.recipients), settings)
-    missing = template.unfillable({})
+    missing = personalised.unfillable({})
     if missing is not None:
         raise ApiError(
             422,
             "unfillable_placeholder",
             f"{{{{{missing}}}}} has no value: upload the recipients as CSV with a {missing}"
             f" column, or give a default as {{{{{missing}|...}}}}",
-            "message.text",
+            personalised.field_using(missing),
         )
-    text = template.render({})
-    if len(text) > MAX_TEXT:
-        raise ApiError(
-            422, "invalid_field", f"the text is over {MAX_TEXT} characters", "message.text"
-        )
-    return text
+    try:
+        return personalised.render({})
+    except RenderError as exc:
+        raise ApiError(422, "invalid_field", exc.message, exc.field) from None
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -16,13 +16,14 @@ from typing import Any, cast
 import msgspec
 from redis.asyncio import Redis
 
-from shared import jobview, keys
+from shared import jobview, keys, messages
 from shared.models import (
     Chunk,
     ErrorItem,
     ErrorPage,
     JobRequest,
     JobView,
+    Message,
     UploadSpec,
     json_encode,
     msgpack_encode,
@@ -59,13 +60,22 @@ def shard_for(tenant: str, idempotency_key: str | None, shards: int) -> int:
 
 
 def job_fields(
-    spec: UploadSpec, text: str, tenant: str, settings: ProducerSettings, total: int, chunks: int
+    spec: UploadSpec,
+    message: Message,
+    tenant: str,
+    settings: ProducerSettings,
+    total: int,
+    chunks: int,
 ) -> dict[str, Any]:
-    """The job hash's fields (the counters are the create script's)."""
+    """The job hash's fields (the counters are the create script's). ``message`` is Meta's
+    message object as JSON; ``text`` stays for consumers of a release that read only that
+    (old and new pods share Redis during a rolling deploy)."""
     return {
         "tenant": tenant,
         "page_id": spec.page_id,
-        "text": text,
+        "message": messages.encode(message).decode(),
+        "kind": messages.kind(message),
+        "text": message.text or "",
         "messaging_type": spec.messaging_type,
         "tag": spec.tag or "",
         "metadata": json_encode(spec.metadata).decode() if spec.metadata else "",
@@ -79,7 +89,7 @@ def job_fields(
 
 def prepare(
     request: JobRequest,
-    text: str,
+    message: Message,
     body: bytes,
     tenant: str,
     settings: ProducerSettings,
@@ -95,7 +105,7 @@ def prepare(
         msgpack_encode(Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + size]))
         for no, start in enumerate(range(0, len(recipients), size))
     ]
-    fields = job_fields(request, text, tenant, settings, len(recipients), len(chunks))
+    fields = job_fields(request, message, tenant, settings, len(recipients), len(chunks))
     return PreparedJob(
         job_id=job_id,
         total=len(recipients),

@@ -24,11 +24,11 @@ from starlette.requests import Request
 
 from services.producer import intake, jobs
 from services.producer.common import check_page
-from shared import keys
+from shared import keys, messages
 from shared.errors import ApiError
-from shared.models import Chunk, msgpack_encode, upload_spec_decoder
+from shared.messages import Personalised
+from shared.models import Chunk, UploadSpec, msgpack_encode, upload_spec_decoder
 from shared.settings import ProducerSettings
-from shared.template import Template
 
 _PSID = re.compile(r"^[0-9]{1,64}$")
 _PUSH_EVERY = 500  # chunks per pipelined RPUSH round trip
@@ -83,7 +83,7 @@ def _rows(file: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
         raise _bad_csv(f"line {reader.line_num + 1}: the file is not UTF-8") from None
 
 
-def _header(row: list[str], template: Template) -> tuple[int, list[tuple[int, str]]]:
+def _header(row: list[str], template: Personalised) -> tuple[int, list[tuple[int, str]]]:
     names = [name.strip() for name in row]
     if "id" not in names:
         raise _bad_csv("the CSV header has no `id` column (the recipients' PSIDs)")
@@ -92,7 +92,8 @@ def _header(row: list[str], template: Template) -> tuple[int, list[tuple[int, st
     for name in template.required:
         if name not in names:
             raise _bad_csv(
-                f"{{{{{name}}}}} is in the text but the CSV has no `{name}` column", "message.text"
+                f"{{{{{name}}}}} is in the message but the CSV has no `{name}` column",
+                template.field_using(name),
             )
     used = [(names.index(name), name) for name in template.names if name in names]
     return names.index("id"), used
@@ -153,21 +154,21 @@ async def prepare_upload(
     spec_bytes, file = await read_form(request, settings)
     spec = intake.decode(spec_bytes, upload_spec_decoder, "spec")
     check_page(settings, tenant, spec.page_id)
-    template = intake.check_spec(spec, settings)
+    template = intake.check_spec(spec, settings)  # the HUMAN_AGENT count waits for the rows
     await intake.check_callback(spec.callback_url, settings)
     shard = jobs.shard_for(tenant, key, settings.shards)
     job_id = keys.new_job_id(shard)
     ingest = Ingest(redis, job_id, settings.chunk_size)
     digest = hashlib.sha256(spec_bytes)
     try:
-        await _ingest(file.file, template, ingest, settings, digest)
+        await _ingest(file.file, spec, template, ingest, settings, digest)
     except BaseException:
         await ingest.abandon()
         raise
     finally:
         await file.close()
     total = len(ingest.seen)
-    fields = jobs.job_fields(spec, spec.message.text, tenant, settings, total, ingest.chunks)
+    fields = jobs.job_fields(spec, spec.message, tenant, settings, total, ingest.chunks)
     fields["personal"] = "1" if template.personal else ""
     return jobs.PreparedJob(
         job_id=job_id,
@@ -182,7 +183,12 @@ async def prepare_upload(
 
 
 async def _ingest(
-    file: IO[bytes], template: Template, ingest: Ingest, settings: ProducerSettings, digest: Any
+    file: IO[bytes],
+    spec: UploadSpec,
+    template: Personalised,
+    ingest: Ingest,
+    settings: ProducerSettings,
+    digest: Any,
 ) -> None:
     rows = _rows(io.BufferedReader(_Hashing(file, digest)))
     first = next(rows, None)
@@ -216,6 +222,8 @@ async def _ingest(
             await ingest.flush()
     if not ingest.seen:
         raise _bad_csv("the CSV has a header but no recipients")
+    # Before the last chunks are pushed: a refused job leaves nothing behind.
+    messages.check_lane(spec.messaging_type, spec.tag, spec.message, len(ingest.seen))
     await ingest.flush(final=True)
 
 
