@@ -602,3 +602,77 @@ def test_window_enforced_from_the_last_message_table(fake: FakeGraph, http: http
     assert http.post(SEND, json=tagged, headers=AUTH).is_success  # tags are not checked here
     assert http.get("/_fake/refused").json() == {"10/2018278": {"2": 1, "3": 1}}
     assert http.post("/_fake/window", json={"1": "yesterday"}).status_code == 400
+
+
+# ---- attachments: the upload API, sends by id or URL, the audio/video limit ----
+
+UPLOAD = "/v21.0/me/message_attachments"
+
+
+def media(kind: str, **payload: Any) -> dict[str, Any]:
+    return {"attachment": {"type": kind, "payload": payload}}
+
+
+def test_upload_once_then_send_by_id(fake: FakeGraph, http: httpx.Client) -> None:
+    fake.configure(tokens={"tok-a": "PAGE_A", "tok-b": "PAGE_B"})
+    body = {"message": media("image", url="https://cdn.example/cat.jpg", is_reusable=True)}
+    answer = http.post(UPLOAD, json=body, headers={"Authorization": "Bearer tok-a"})
+    assert answer.status_code == 200
+    assert set(answer.json()) == {"attachment_id"}
+    attachment_id = answer.json()["attachment_id"]
+    assert attachment_id.isdigit()
+    by_id = media("image", attachment_id=attachment_id)
+    a, b = {"Authorization": "Bearer tok-a"}, {"Authorization": "Bearer tok-b"}
+    assert http.post(SEND, json={"recipient": {"id": "1"}, "message": by_id}, headers=a).is_success
+    # Another page's id, and an id never uploaded: code 100, nothing delivered.
+    assert_graph_error(
+        http.post(SEND, json={"recipient": {"id": "2"}, "message": by_id}, headers=b), 400, 100
+    )
+    unknown = media("image", attachment_id="42")
+    assert_graph_error(
+        http.post(SEND, json={"recipient": {"id": "3"}, "message": unknown}, headers=a), 400, 100
+    )
+    by_url = media("image", url="https://cdn.example/cat.jpg")
+    assert http.post(SEND, json={"recipient": {"id": "4"}, "message": by_url}, headers=a).is_success
+    seen = http.get("/_fake/attachments").json()
+    assert seen["uploads"] == 1 and seen["uploaded_ids"] == {attachment_id: "PAGE_A"}
+    assert seen["sends_by_attachment_id"] == {attachment_id: 1}
+    assert seen["url_fetches"] == 1  # Meta fetches a URL per message
+    assert http.get("/_fake/delivered").json() == {"PAGE_A": {"1": 1, "4": 1}}
+
+
+def test_upload_failures_as_meta_answers(fake: FakeGraph, http: httpx.Client) -> None:
+    body = {"message": media("video", url="https://cdn.example/clip.mp4", is_reusable=True)}
+    assert_graph_error(http.post(UPLOAD, json=body), 400, 190)  # no token
+    fake.configure(upload_fail="fetch")
+    error = assert_graph_error(http.post(UPLOAD, json=body, headers=AUTH), 400, 100, 2018008)
+    assert error["message"] == "(#100) Failed to fetch the file from the url"
+    fake.configure(upload_fail="transient", upload_fail_times=2)  # one failure already counted
+    assert_graph_error(http.post(UPLOAD, json=body, headers=AUTH), 500, 2)
+    assert http.post(UPLOAD, json=body, headers=AUTH).status_code == 200
+    no_url = {"message": media("video", is_reusable=True)}
+    assert_graph_error(http.post(UPLOAD, json=no_url, headers=AUTH), 400, 100)
+    seen = http.get("/_fake/attachments").json()
+    assert (seen["uploads"], seen["upload_failures"]) == (3, 2)
+
+
+def test_audio_and_video_beyond_the_media_limit_are_613(
+    fake: FakeGraph, http: httpx.Client
+) -> None:
+    fake.configure(media_rate_limit=3)
+    codes = []
+    for i in range(8):
+        kind = "video" if i % 2 else "audio"
+        send = {"recipient": {"id": str(i)}, "message": media(kind, url="https://x.example/a")}
+        codes.append(http.post(SEND, json=send, headers=AUTH).status_code)
+    image = {"recipient": {"id": "99"}, "message": media("image", url="https://x.example/a")}
+    assert http.post(SEND, json=image, headers=AUTH).is_success  # images are not limited
+    times = http.get("/_fake/attachments").json()["media_times"]["me"]
+    assert len(times) == 8
+    per_second: dict[int, int] = {}
+    for t in times:
+        per_second[int(t)] = per_second.get(int(t), 0) + 1
+    # The first 3 of each wall-clock second pass; the rest answer 613.
+    accepted = sum(min(3, n) for n in per_second.values())
+    assert codes.count(200) == accepted and codes.count(400) == 8 - accepted
+    assert stats(http)["by_code"].get("613") == 8 - accepted

@@ -7,6 +7,8 @@ fields to `POST /_fake/config`; both take effect on the next request.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -47,6 +49,15 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     24 h rule: https://developers.facebook.com/documentation/business-messaging/messenger-platform/send-messages).
     Tags (7 days) and UTILITY templates are not checked."""
 
+    media_rate_limit: int = 10
+    """Audio and video sends per page per wall-clock second; those beyond answer 613 (HTTP
+    400). Meta's limit is 10/s (see attachments.py); 0 = no limit."""
+    upload_fail: Literal["", "fetch", "transient"] = ""
+    """Attachment uploads fail: "fetch" as Meta does when it cannot fetch the URL (HTTP 400,
+    100/2018008, permanent), "transient" with HTTP 500, code 2; "" = they succeed."""
+    upload_fail_times: int = 0
+    """With `upload_fail`: only the first N uploads fail (0 = every one)."""
+
     def __post_init__(self) -> None:
         # Runs on construction and on decode/convert, so `POST /_fake/config` is validated.
         if not 0.0 <= self.fail_rate <= 1.0:
@@ -57,6 +68,8 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("latency_ms must be >= 0")
         if self.rate_limit < 0:
             raise ValueError("rate_limit must be >= 0")
+        if self.media_rate_limit < 0 or self.upload_fail_times < 0:
+            raise ValueError("media_rate_limit and upload_fail_times must be >= 0")
         if self.outage_until < 0:
             raise ValueError("outage_until must be >= 0 (a Unix time in seconds)")
 

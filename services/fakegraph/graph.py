@@ -4,6 +4,7 @@
 nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
 
     outage (503, code 2) -> token / revoked (190) -> body (100) -> rate limit (613)
+    -> attachment (audio/video limit 613, unknown attachment_id 100; attachments.py)
     -> fail_rate (500, code 2) -> restricted page (10/1893063) -> window (10/2018278)
     -> blocked (551) -> delivered (200)
 
@@ -27,6 +28,7 @@ from urllib.parse import unquote_to_bytes
 import msgspec
 
 from services.fakegraph import responses as r
+from services.fakegraph.attachments import Attachments, upload_token_of_body
 from services.fakegraph.config import FakeGraphConfig, redacted
 from services.fakegraph.stats import Stats
 
@@ -63,6 +65,7 @@ class FakeGraph:
     def __init__(self, config: FakeGraphConfig) -> None:
         self.config = config
         self.stats = Stats()
+        self.attachments = Attachments()
         self.connections: set[asyncio.BaseTransport] = set()
         """Open client connections (the protocol adds and removes itself)."""
         self._decode_send = msgspec.json.Decoder(_SendRequest).decode
@@ -97,6 +100,7 @@ class FakeGraph:
     def reset(self) -> None:
         """Forget all stats (the rate limiter's counts too) and re-seed `fail_rate` draws."""
         self.stats = Stats()
+        self.attachments = Attachments()
         self._rng.seed(self.config.seed)
         self._rng_seed = self.config.seed
 
@@ -112,13 +116,15 @@ class FakeGraph:
     ) -> Answer:
         """Answer one request. `url` is the raw request target, `authorization` the header."""
         path, _, query = url.partition(b"?")
-        if method == b"POST" and path.endswith(b"/messages"):
-            parts = path.split(b"/")
-            # /{version}/{page}/messages or, as Graph allows, /{page}/messages
-            if (len(parts) == 4 and parts[1][:1] == b"v") or len(parts) == 3:
-                page = parts[-2]
-                if page:
-                    return self._send(page.decode("utf-8", "replace"), authorization, query, body)
+        if method == b"POST":
+            page = _page_of(path, b"/messages")
+            if page is not None:
+                return self._send(page, authorization, query, body)
+            page = _page_of(path, b"/message_attachments")
+            if page is not None:
+                return self._upload(page, authorization, query, body)
+        if path == b"/_fake/attachments" and method == b"GET":
+            return 200, r.json_body(self.attachments.snapshot())
         if path.startswith(b"/_fake/"):
             return self._hook(method, path, body)
         return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
@@ -147,8 +153,9 @@ class FakeGraph:
         psid, problem = _recipient_and_problem(request)
         if problem is not None:
             return self._error(problem)
-        if config.rate_limit and this_second > config.rate_limit:
-            return self._error(r.RATE_LIMITED)
+        limited = self._limited(config, page, request, this_second, now)
+        if limited is not None:
+            return self._error(limited)
         if config.fail_rate and self._draw() < config.fail_rate:
             return self._error(r.TRANSIENT)
         refusal = self._refusal(config, page, request, psid, now)
@@ -162,6 +169,38 @@ class FakeGraph:
             self.stats.remember_text(psid, request.message.text)
         self._message_count += 1
         return 200, r.success_body(psid, self._message_prefix, self._message_count)
+
+    def _limited(
+        self,
+        config: FakeGraphConfig,
+        page: str,
+        request: _SendRequest,
+        this_second: int,
+        now: float,
+    ) -> r.GraphError | None:
+        """The page's send limit, then what the attachment carries (the media limit, a URL
+        fetched, an attachment id that must be the page's)."""
+        if config.rate_limit and this_second > config.rate_limit:
+            return r.RATE_LIMITED
+        if request.message is None:
+            return None
+        return self.attachments.check_send(page, request.message.attachment, now, config)
+
+    def _upload(
+        self, url_page: str, authorization: bytes | None, query: bytes, body: bytes
+    ) -> Answer:
+        """The Attachment Upload API (see attachments.py); the token checked as for a send."""
+        config = self.config
+        token = _token(authorization, query, None) or upload_token_of_body(body)
+        page = config.tokens.get(token) if config.tokens and token else url_page
+        if time.time() < config.outage_until:
+            return self.answer_error(r.OUTAGE)
+        if config.revoked:
+            return self.answer_error(r.TOKEN_REVOKED)
+        if page is None or not token:
+            return self.answer_error(r.TOKEN_INVALID)
+        answer = self.attachments.upload(page, body, config)
+        return self.answer_error(answer) if isinstance(answer, r.GraphError) else answer
 
     def _error(self, error: r.GraphError) -> Answer:
         """A send's error answer, counted in `by_code`."""
@@ -251,6 +290,16 @@ class FakeGraph:
 
 
 _decode_window = msgspec.json.Decoder(dict[str, float]).decode
+
+
+def _page_of(path: bytes, suffix: bytes) -> str | None:
+    """The page of /{version}/{page}<suffix> or, as Graph allows, /{page}<suffix>."""
+    if not path.endswith(suffix):
+        return None
+    parts = path.split(b"/")
+    if (len(parts) == 4 and parts[1][:1] == b"v") or len(parts) == 3:
+        return parts[-2].decode("utf-8", "replace") or None
+    return None
 
 
 def _token(authorization: bytes | None, query: bytes, request: _SendRequest | None) -> str | None:
