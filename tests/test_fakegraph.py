@@ -676,3 +676,43 @@ def test_audio_and_video_beyond_the_media_limit_are_613(
     accepted = sum(min(3, n) for n in per_second.values())
     assert codes.count(200) == accepted and codes.count(400) == 8 - accepted
     assert stats(http)["by_code"].get("613") == 8 - accepted
+
+
+# ---- tags as they are now, rich bodies kept as sent ----
+
+
+@pytest.mark.parametrize(
+    "tag", ["ACCOUNT_UPDATE", "CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE"]
+)
+def test_retired_tags_are_100_subcode_1893061(
+    fake: FakeGraph, http: httpx.Client, tag: str
+) -> None:
+    body = message("7", messaging_type="MESSAGE_TAG", tag=tag)
+    error = assert_graph_error(http.post(SEND, json=body, headers=AUTH), 400, 100, 1893061)
+    assert error["message"] == "(#100) Invalid parameter"
+    live = message("7", messaging_type="MESSAGE_TAG", tag="HUMAN_AGENT")
+    assert http.post(SEND, json=live, headers=AUTH).status_code == 200
+    assert stats(http)["delivered"] == 1
+
+
+def test_rich_bodies_are_accepted_and_kept_as_sent(fake: FakeGraph, http: httpx.Client) -> None:
+    generic = {
+        "recipient": {"id": "8"},
+        "messaging_type": "UPDATE",
+        "message": {
+            "attachment": {
+                "type": "template",
+                "payload": {"template_type": "generic", "elements": [{"title": "Hi"}]},
+            },
+            "quick_replies": [{"content_type": "text", "title": "Yes", "payload": "Y"}],
+        },
+    }
+    utility = {
+        "recipient": {"id": "9"},
+        "messaging_type": "UTILITY",
+        "message": {"template": {"name": "order_update", "language": {"code": "en"}}},
+    }
+    for body in (generic, utility):
+        assert http.post(SEND, json=body, headers=AUTH).status_code == 200
+    assert http.get("/_fake/bodies").json() == {"8": generic, "9": utility}
+    assert http.get("/_fake/texts").json() == {}

@@ -3,7 +3,8 @@
 `FakeGraph.respond()` takes one parsed HTTP request and gives `(status, body)`; it knows
 nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
 
-    outage (503, code 2) -> token / revoked (190) -> body (100) -> rate limit (613)
+    outage (503, code 2) -> token / revoked (190) -> body (100; a retired tag 100/1893061)
+    -> rate limit (613)
     -> attachment (audio/video limit 613, unknown attachment_id 100; attachments.py)
     -> fail_rate (500, code 2) -> restricted page (10/1893063) -> window (10/2018278)
     -> blocked (551) -> delivered (200)
@@ -23,6 +24,7 @@ import random
 import string
 import time
 import zlib
+from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
 import msgspec
@@ -43,6 +45,7 @@ class _Recipient(msgspec.Struct):
 class _Message(msgspec.Struct):
     text: str | None = None
     attachment: msgspec.Raw = msgspec.Raw()
+    template: msgspec.Raw = msgspec.Raw()  # a utility template (messaging_type UTILITY)
 
 
 class _SendRequest(msgspec.Struct):
@@ -167,6 +170,7 @@ class FakeGraph:
         self.stats.deliver(page, psid)
         if request.message is not None and request.message.text is not None:
             self.stats.remember_text(psid, request.message.text)
+        self.stats.remember_body(psid, body)
         self._message_count += 1
         return 200, r.success_body(psid, self._message_prefix, self._message_count)
 
@@ -249,14 +253,9 @@ class FakeGraph:
     # ---- test hooks ----
 
     def _hook(self, method: bytes, path: bytes, body: bytes) -> Answer:
-        if path == b"/_fake/stats" and method == b"GET":
-            return 200, r.json_body(self.stats.snapshot(int(time.time())))
-        if path == b"/_fake/delivered" and method == b"GET":
-            return 200, r.json_body(self.stats.deliveries)
-        if path == b"/_fake/texts" and method == b"GET":
-            return 200, r.json_body(self.stats.texts)
-        if path == b"/_fake/refused" and method == b"GET":
-            return 200, r.json_body(self.stats.refused)
+        read = self._reads().get(path) if method == b"GET" else None
+        if read is not None:
+            return 200, r.json_body(read())
         if path == b"/_fake/window":
             if method == b"GET":
                 return 200, r.json_body(self.last_message)
@@ -271,6 +270,17 @@ class FakeGraph:
             if method == b"POST":
                 return self._post_config(body)
         return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
+
+    def _reads(self) -> dict[bytes, Callable[[], object]]:
+        """The read-only hooks: what the fake saw."""
+        stats = self.stats
+        return {
+            b"/_fake/stats": lambda: stats.snapshot(int(time.time())),
+            b"/_fake/delivered": lambda: stats.deliveries,
+            b"/_fake/texts": lambda: stats.texts,
+            b"/_fake/bodies": stats.sent_bodies,
+            b"/_fake/refused": lambda: stats.refused,
+        }
 
     def _post_window(self, body: bytes) -> Answer:
         """Merge `{"<psid>": <Unix time of their last message>, ...}` into the window table."""
@@ -328,8 +338,10 @@ def _recipient_and_problem(request: _SendRequest) -> tuple[str, r.GraphError | N
     message = request.message
     if message is None:
         return "", r.NO_MESSAGE
-    if not message.text and _absent(message.attachment):
+    if not message.text and _absent(message.attachment) and _absent(message.template):
         return "", r.EMPTY_MESSAGE
+    if request.tag in r.RETIRED_TAGS:
+        return "", r.TAG_RETIRED
     psid = recipient.id
     return (psid if isinstance(psid, str) else str(psid)), None
 

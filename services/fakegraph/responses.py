@@ -141,6 +141,12 @@ OUTSIDE_WINDOW = GraphError(
     "here: https://developers.facebook.com/docs/messenger-platform/policy-overview",
     subcode=2018278,
 )
+# A retired message tag: "Effective April 27th, 2026, all API requests containing the Message
+# Tags CONFIRMED_EVENT_UPDATE, ACCOUNT_UPDATE, and POST_PURCHASE_UPDATE will receive error code
+# 100" (https://developers.facebook.com/docs/messenger-platform/reference/send-api); the field
+# saw "(#100) Invalid parameter" with subcode 1893061 (chatwoot/chatwoot#14669).
+RETIRED_TAGS = frozenset({"ACCOUNT_UPDATE", "CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE"})
+TAG_RETIRED = GraphError(400, 100, "(#100) Invalid parameter", subcode=1893061)
 
 
 def unknown_path(path: str) -> GraphError:

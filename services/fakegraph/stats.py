@@ -6,6 +6,8 @@ beyond the first sighting of a page, a second or a PSID.
 
 from __future__ import annotations
 
+import msgspec
+
 WINDOW_SECONDS = 600
 """How many wall-clock seconds of per-page request counts `snapshot()` reports."""
 MAX_DUPLICATE_IDS = 100
@@ -25,6 +27,7 @@ class Stats:
         "per_second",
         "deliveries",
         "texts",
+        "bodies",
         "refused",
     )
 
@@ -38,6 +41,7 @@ class Stats:
         self.per_second: dict[str, dict[int, int]] = {}
         self.deliveries: dict[str, dict[str, int]] = {}
         self.texts: dict[str, str] = {}  # psid -> the last text it was sent (the first 10,000)
+        self.bodies: dict[str, bytes] = {}  # psid -> the last Send API body it got, as sent
         # "code/subcode" -> psid -> answers: what the restriction and window knobs refused
         self.refused: dict[str, dict[str, int]] = {}
 
@@ -87,6 +91,22 @@ class Stats:
         """Keep what a recipient was sent (for tests of personalisation); bounded."""
         if psid in self.texts or len(self.texts) < MAX_TEXTS:
             self.texts[psid] = text
+
+    def remember_body(self, psid: str, body: bytes) -> None:
+        """Keep the whole body a recipient was sent (rich messages, tags); bounded like texts.
+        Kept as bytes: parsing waits for a test to ask."""
+        if psid in self.bodies or len(self.bodies) < MAX_TEXTS:
+            self.bodies[psid] = body
+
+    def sent_bodies(self) -> dict[str, object]:
+        """The `GET /_fake/bodies` answer: psid -> body as JSON, the access token left out."""
+        out: dict[str, object] = {}
+        for psid, body in self.bodies.items():
+            parsed = msgspec.json.decode(body)
+            if isinstance(parsed, dict):
+                parsed.pop("access_token", None)
+            out[psid] = parsed
+        return out
 
     def snapshot(self, now_second: int) -> dict[str, object]:
         """The `GET /_fake/stats` answer."""
