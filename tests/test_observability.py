@@ -21,6 +21,10 @@ NAMES = [
     "fanout_dead_letters_total",
     "fanout_rate_limited_total",
     "fanout_in_flight",
+    "fanout_in_flight_peak",
+    "fanout_in_flight_seconds_total",
+    "fanout_sse_streams",
+    "fanout_dead_letters_stored_total",
     "fanout_stream_lag",
     "fanout_stream_pending",
     "fanout_jobs",
@@ -66,6 +70,12 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
         assert f"# TYPE {name}" in text
     assert 'fanout_jobs{status="completed"} 1.0' in text
     assert 'fanout_jobs{status="pending"} 1.0' in text
+    for status in ("scheduled", "running", "paused", "failed", "cancelled"):
+        assert f'fanout_jobs{{status="{status}"}} 0.0' in text  # every status is a series
+    # Only the producer's own series: the consumers' would read 0 here and dilute sums.
+    for name in ("fanout_dead_letters_total", "fanout_in_flight", "fanout_send_duration"):
+        assert name not in text
+    assert "fanout_dead_letters_stored_total" in text
     info = {g["name"]: g for g in stack.r.xinfo_groups(keys.work_stream(shard))}[
         keys.GROUP.encode()
     ]
@@ -81,9 +91,11 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
     assert PAGE_TOKEN not in text and "10000000001" not in text
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
-def test_promtool_accepts_both_outputs(stack: Stack) -> None:  # pragma: no cover - optional tool
+def test_promtool_accepts_both_outputs(stack: Stack) -> None:
     from conftest import free_port
+
+    if shutil.which("promtool") is None:  # scripts/setup installs it: never skip silently
+        pytest.fail("promtool is not installed: run scripts/setup (Debian package prometheus)")
 
     stack.start_fakegraph()
     api = stack.start_producer()
@@ -93,6 +105,8 @@ def test_promtool_accepts_both_outputs(stack: Stack) -> None:  # pragma: no cove
     import httpx
 
     consumer = wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/metrics").text, 10, "metrics")
+    assert "fanout_in_flight_seconds_total" in consumer and "fanout_messages_total" in consumer
+    assert "fanout_http_requests" not in consumer and "fanout_jobs" not in consumer
     for text in (api.get("/metrics").text, consumer):
         check = subprocess.run(
             ["promtool", "check", "metrics"], input=text, text=True, capture_output=True
@@ -103,9 +117,10 @@ def test_promtool_accepts_both_outputs(stack: Stack) -> None:  # pragma: no cove
 def test_every_stable_name_is_exported() -> None:
     from prometheus_client import generate_latest
 
-    import shared.metrics  # noqa: F401 - registers them
+    from shared import metrics
 
-    text = generate_latest().decode()
+    metrics.DEAD_LETTERS_STORED.set(("0",), 0)  # set at the producer's first scrape
+    text = generate_latest(metrics.CONSUMER).decode() + generate_latest(metrics.PRODUCER).decode()
     for name in NAMES:
         assert f"# TYPE {name} " in text, name
 
@@ -131,3 +146,37 @@ def test_no_token_in_logs_metrics_or_redis(stack: Stack) -> None:
     for line in stack.consumers[0].output().splitlines():
         if line.startswith("{"):
             assert '"level"' in line and '"service": "consumer"' in line
+
+
+def test_in_flight_a_scrape_between_bursts_still_sees() -> None:
+    """A burst that starts and ends between two scrapes shows in the peak and the
+    request-seconds, though the gauge reads 0 at both scrapes."""
+    import time
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from shared.metrics import InFlight
+
+    registry = CollectorRegistry()
+    tracker = InFlight(registry)
+
+    def scrape() -> dict[str, float]:
+        text = generate_latest(registry).decode()
+        return {m[0]: float(m[1]) for m in re.findall(r"^(fanout_\w+) (\S+)$", text, re.M)}
+
+    assert scrape() == {
+        "fanout_in_flight": 0.0,
+        "fanout_in_flight_peak": 0.0,
+        "fanout_in_flight_seconds_total": 0.0,
+    }
+    for _ in range(3):
+        tracker.enter()
+    time.sleep(0.05)
+    for _ in range(3):
+        tracker.leave()
+    burst = scrape()
+    assert burst["fanout_in_flight"] == 0 and burst["fanout_in_flight_peak"] == 3
+    assert 0.14 <= burst["fanout_in_flight_seconds_total"] < 0.5  # 3 requests x >= 50 ms
+    after = scrape()
+    assert after["fanout_in_flight_peak"] == 0  # the peak is per scrape interval
+    assert after["fanout_in_flight_seconds_total"] == burst["fanout_in_flight_seconds_total"]

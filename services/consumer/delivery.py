@@ -146,9 +146,8 @@ class Senders:
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._run()) for _ in range(concurrency)]
         self._retries: set[asyncio.Task[None]] = set()
-        # Read at scrape time: no metric call per message on the hot path.
-        self.in_flight = 0
-        metrics.IN_FLIGHT.set_function(lambda: self.in_flight)
+        # In flight: counted in metrics.IN_FLIGHT, which a scrape between bursts cannot miss.
+        self.in_flight = metrics.IN_FLIGHT
 
     def submit(self, work: ChunkWork, indexes: list[int], taken: int) -> None:
         work.unsubmitted -= taken
@@ -183,11 +182,11 @@ class Senders:
             metrics.MESSAGES.labels("failed", body.code).inc()
             work.settle()
             return
-        self.in_flight += 1
+        self.in_flight.enter()
         try:
             result = await self.client.send(spec.head, body)
         finally:
-            self.in_flight -= 1
+            self.in_flight.leave()
         metrics.SEND_DURATION.observe(result.seconds)
         decision = classify(result)
         verdict = decision.verdict

@@ -1,10 +1,11 @@
 """The producer's metrics: an ASGI middleware counting requests by route template, and
-``/metrics``, which reads the stream and job gauges from Redis when scraped."""
+``/metrics``, which reads the stream and job gauges from Redis when scraped and exports the
+producer's registry only (the consumers' series come from the consumers)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
@@ -15,8 +16,12 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import keys, metrics
+from shared.models import JobStatusName
 
-STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+# Every status is a series, 0 included, so "jobs by status" never hides one.
+STATUSES: tuple[str, ...] = get_args(JobStatusName)
+# Long polls: their duration is the client's choice, not our latency.
+_SSE_ROUTE = "/v1/jobs/{job_id}/events"
 
 
 class HttpMetrics:
@@ -39,6 +44,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         route = self._template(scope)
+        long_poll = route == _SSE_ROUTE or b"wait=" in scope.get("query_string", b"")
         started = time.perf_counter()
         status = 500
 
@@ -48,11 +54,16 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
+        if route == _SSE_ROUTE:
+            metrics.SSE_STREAMS.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if route == _SSE_ROUTE:
+                metrics.SSE_STREAMS.dec()
             metrics.HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
-            metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+            if not long_poll:
+                metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
 
 
 async def _stream_gauges(redis: Redis, shard: int) -> tuple[int, int]:
@@ -65,11 +76,23 @@ async def _stream_gauges(redis: Redis, shard: int) -> tuple[int, int]:
     if group is None:
         return int(await redis.xlen(stream)), 0
     pending = int(group["pending"])
-    if group.get("lag") is not None:
-        return int(group["lag"]), pending
-    # Redis cannot tell (an entry after the last delivered one was deleted): acknowledged
-    # entries are deleted, so what is left beyond the pending ones is undelivered.
-    return int(await redis.xlen(stream)) - pending, pending
+    if group.get("lag") is None:
+        # Redis cannot tell (an entry after the last delivered one was deleted). KEDA's scaler
+        # reads the lag through go-redis, which turns that nil into -1 (command.go,
+        # XInfoGroupsCmd.readReply), and scales on -1: as good as no lag. The gauge says what
+        # KEDA sees; the FanoutStreamLagUnknown alert says when that is wrong.
+        return -1, pending
+    return int(group["lag"]), pending
+
+
+async def _dead_letters_added(redis: Redis, shard: int) -> int:
+    """Entries ever added to the dead stream: a count kept by Redis (XINFO STREAM
+    entries-added, Redis 7+), so no consumer crash can lose it; the stream itself is capped."""
+    try:
+        info: dict[str, Any] = await redis.xinfo_stream(keys.dead_stream(shard))
+    except ResponseError:  # no dead letter yet
+        return 0
+    return int(info.get("entries-added", info.get("length", 0)))
 
 
 async def refresh(redis: Redis, shards: int) -> None:
@@ -78,6 +101,7 @@ async def refresh(redis: Redis, shards: int) -> None:
         lag, pending = await _stream_gauges(redis, shard)
         metrics.STREAM_LAG.labels(str(shard)).set(lag)
         metrics.STREAM_PENDING.labels(str(shard)).set(pending)
+        metrics.DEAD_LETTERS_STORED.set((str(shard),), await _dead_letters_added(redis, shard))
         counts = cast(dict[bytes, bytes], await redis.hgetall(keys.job_stats(shard)))
         for raw_status, count in counts.items():
             name = raw_status.decode()
@@ -90,4 +114,4 @@ async def refresh(redis: Redis, shards: int) -> None:
 async def metrics_endpoint(request: Request) -> Response:
     state = request.app.state.fanout
     await refresh(state.redis, state.settings.shards)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(metrics.PRODUCER), media_type=CONTENT_TYPE_LATEST)
