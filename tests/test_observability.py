@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import redis
-from conftest import API_TOKENS, PAGE_TOKEN, Stack, psids, wait_for
+from conftest import API_TOKENS, PAGE_TOKEN, RedisServer, Stack, psids, wait_for
 
 from shared import keys
 
@@ -180,3 +180,43 @@ def test_in_flight_a_scrape_between_bursts_still_sees() -> None:
     after = scrape()
     assert after["fanout_in_flight_peak"] == 0  # the peak is per scrape interval
     assert after["fanout_in_flight_seconds_total"] == burst["fanout_in_flight_seconds_total"]
+
+
+def test_stream_gauges_read_what_keda_reads_nil_lag_included(redis_server: RedisServer) -> None:
+    """KEDA's redis-streams scaler takes XINFO GROUPS lag through go-redis, which reads a nil
+    lag as -1: the gauge says -1 too (and FanoutStreamLagUnknown fires on it). The dead-letter
+    count comes from Redis (entries ever added), so a trimmed or capped stream keeps it."""
+    import asyncio
+
+    from prometheus_client import generate_latest
+    from redis.asyncio import Redis
+
+    from services.producer import observe
+    from shared import metrics
+
+    r = redis_server.client
+    work, dead = keys.work_stream(0), keys.dead_stream(0)
+    ids = [r.xadd(work, {"c": str(i)}) for i in range(3)]
+    r.xgroup_create(work, keys.GROUP, id="0")
+    r.xreadgroup(keys.GROUP, "c1", {work: ">"}, count=1)
+    for i in range(5):
+        r.xadd(dead, {"c": str(i)}, maxlen=2, approximate=False)
+
+    async def scrape() -> str:
+        client = Redis.from_url(redis_server.url)
+        try:
+            await observe.refresh(client, 1)
+        finally:
+            await client.aclose()
+        return generate_latest(metrics.PRODUCER).decode()
+
+    text = asyncio.run(scrape())
+    assert 'fanout_stream_lag{shard="0"} 2.0' in text  # valid lag: as Redis says
+    assert 'fanout_dead_letters_stored_total{shard="0"} 5.0' in text  # capped at 2, added 5
+    # Delete an entry after the group's last delivered one: Redis can no longer tell the lag.
+    r.xdel(work, ids[2])
+    [group] = r.xinfo_groups(work)
+    assert group["lag"] is None and group["pending"] == 1
+    text = asyncio.run(scrape())
+    assert 'fanout_stream_lag{shard="0"} -1.0' in text
+    assert 'fanout_stream_pending{shard="0"} 1.0' in text
