@@ -152,9 +152,13 @@ async def prepare_upload(
     request: Request, redis: Redis, settings: ProducerSettings, tenant: str, key: str | None
 ) -> jobs.PreparedJob:
     spec_bytes, file = await read_form(request, settings)
-    spec = intake.decode(spec_bytes, upload_spec_decoder, "spec")
-    check_page(settings, tenant, spec.page_id)
-    template = intake.check_spec(spec, settings)  # the HUMAN_AGENT count waits for the rows
+    try:
+        spec = intake.decode(spec_bytes, upload_spec_decoder, "spec")
+        check_page(settings, tenant, spec.page_id)
+        template = intake.check_spec(spec, settings)  # the HUMAN_AGENT count waits for the rows
+    except BaseException:
+        await file.close()  # the spooled file, closed here rather than by the collector
+        raise
     await intake.check_callback(spec.callback_url, settings)
     shard = jobs.shard_for(tenant, key, settings.shards)
     job_id = keys.new_job_id(shard)
