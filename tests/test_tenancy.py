@@ -80,6 +80,8 @@ def test_a_page_that_is_not_the_tenants_is_403_and_writes_nothing(stack: Stack) 
         error = answer.json()["error"]
         assert (error["code"], error["field"]) == ("page_forbidden", "page_id"), name
     assert snapshot(stack.r) == before
+    documented = api.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]["responses"]
+    assert "403" in documented
     # Each tenant can still use its own page, by either route: the 403s were about ownership.
     for headers, page in ((ACME, PAGE), (OTHER, OTHER_PAGE)):
         assert api.post("/v1/jobs", json=job(page), headers=headers).status_code == 202

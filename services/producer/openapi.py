@@ -89,7 +89,7 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "202": _answer("JobAccepted", "accepted"),
                         "200": _answer("JobView", "ended within ?wait="),
-                        **_errors(400, 401, 411, 413, 415, 422),
+                        **_errors(400, 401, 403, 411, 413, 415, 422),
                     },
                 },
                 "get": {
