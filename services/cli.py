@@ -53,14 +53,17 @@ def _run_consumer(args: argparse.Namespace) -> int:
 
     import uvloop
 
+    from services.consumer import health
     from services.consumer.main import serve
 
     if args.name:
         os.environ["FANOUT_CONSUMER_NAME"] = args.name
     settings = consumer_settings()
+    # Before the first log line: a taken port is one line on stderr and exit 2.
+    probe_socket = health.bind(settings.metrics_port)
     secrets = [*settings.page_tokens.values(), *settings.callback_secrets.values()]
     logs.setup("consumer", settings.log_level, (s.reveal() for s in secrets))
-    uvloop.run(serve(settings))
+    uvloop.run(serve(settings, probe_socket))
     return 0
 
 

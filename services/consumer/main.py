@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 from services.consumer import health
 from services.consumer.callbacks import CallbackSender
@@ -15,8 +16,8 @@ from shared.settings import ConsumerSettings
 log = logging.getLogger("fanout.consumer")
 
 
-async def serve(settings: ConsumerSettings) -> None:
-    probe_socket = health.bind(settings.metrics_port)
+async def serve(settings: ConsumerSettings, probe_socket: socket.socket) -> None:
+    """``probe_socket`` comes from ``health.bind``, bound before anything else started."""
     redis = await open_redis(settings.redis_url, settings.redis_cluster)
     consumer = Consumer(settings, redis)
     loop = asyncio.get_running_loop()
