@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["fakegraph"]:
+        # Its options are its own parser's: argparse's REMAINDER stops at a leading option, so
+        # `fanout fakegraph --port 8090` would be refused by the top-level parser.
+        return _run_fakegraph(argparse.Namespace(rest=words[1:]))
+    args = build_parser().parse_args(words)
     try:
         code: int = args.run(args)
     except SettingsError as exc:

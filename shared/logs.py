@@ -1,4 +1,5 @@
-"""Structured JSON log lines, one per event, with secrets scrubbed on the way out."""
+"""Structured JSON log lines, one per event, with secrets scrubbed and terminal colour codes
+stripped on the way out; and the start-up line that shows a service's effective settings."""
 
 from __future__ import annotations
 
@@ -9,12 +10,22 @@ import sys
 import time
 from collections.abc import Iterable
 
+import msgspec
+
+from shared.settings import Secret
+
 _TOKEN_SHAPES = [
     re.compile(r"EAA[A-Za-z0-9]{10,}"),  # the shape of Meta's page tokens
     re.compile(r"(access_token=)[^&\s\"']+"),
     re.compile(r"(?i)(authorization:?\s*(?:bearer|oauth)\s+)[^\s\"',]+"),
 ]
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# uvicorn adds `color_message`, a copy of the message with ANSI colours: never a field here.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",
+}
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]+@")
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,6 +55,11 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        # Colour codes (a library's own) would reach the JSON as \u001b escapes: strip them
+        # from every text field first.
+        for key, value in entry.items():
+            if isinstance(value, str) and "\x1b" in value:
+                entry[key] = _ANSI.sub("", value)
         return self.scrub(json.dumps(entry, default=str))
 
 
@@ -56,3 +72,29 @@ def setup(service: str, level: str, secrets: Iterable[str] = ()) -> None:
     # httpx logs full request URLs at INFO; keep third-party chatter at WARNING.
     for name in ("httpx", "httpcore", "aiohttp.access", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, Secret):
+        return "***"
+    if isinstance(value, dict):
+        return {str(k): _masked(v) for k, v in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted(str(_masked(v)) for v in value)
+    if isinstance(value, tuple | list):
+        return [_masked(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)  # redis://:password@host
+    return value
+
+
+def effective_settings(settings: msgspec.Struct) -> dict[str, object]:
+    """A service's settings as its start-up line shows them: every field, secrets as ``***``
+    (tokens, HMAC keys, a password inside a URL)."""
+    return {name: _masked(getattr(settings, name)) for name in settings.__struct_fields__}
+
+
+def started(service: str, settings: msgspec.Struct) -> None:
+    logging.getLogger(f"fanout.{service}").info(
+        "starting", extra={"settings": effective_settings(settings)}
+    )

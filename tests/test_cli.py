@@ -89,3 +89,10 @@ def test_errors_are_one_line_with_exit_codes(stack: Stack, tmp_path: Path) -> No
         assert text in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_fakegraph_takes_its_own_options() -> None:
+    """`fanout fakegraph --port ...` as the k8s dev overlay and the README run it."""
+    result = fanout("fakegraph", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: fanout fakegraph") and "--tokens" in result.stdout

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.consumer import ledger
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
-from shared import control, keys, metrics
+from shared import audit, control, keys, metrics
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
 from shared.provider import MessengerClient
@@ -85,7 +85,7 @@ class Consumer:
         self._limiters = Limiters(
             self.scripts, settings.rate_limit, settings.page_rate_limits, settings.rate_burst_ms
         )
-        self._stopping_jobs: set[asyncio.Task[bool]] = set()
+        self._stopping_jobs: set[asyncio.Task[object]] = set()
         self._senders: Senders | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -268,6 +268,7 @@ class Consumer:
         _SENT.inc(len(outcome.sent))
         if finished.status == "completed" and finished.acked:
             log.info("job completed", extra={"job_id": chunk.job, "shard": k.shard})
+            await audit.job_ended(self.redis, chunk.job)
 
     async def _submit(self, held: Held, work: ChunkWork) -> None:
         """Hand the chunk's recipients to the senders a permit batch at a time, marking each
@@ -341,9 +342,13 @@ class Consumer:
             reason += f"/{decision.subcode}"
         reason = f"{reason}: {decision.message}"[:300]
         log.error("stopping job", extra={"job_id": spec.job_id, "reason": reason})
-        task = asyncio.create_task(control.stop_job(self.scripts, spec.keys, "failed", reason))
+        task = asyncio.create_task(self._fail_job(spec.keys, reason))
         self._stopping_jobs.add(task)
         task.add_done_callback(self._stopping_jobs.discard)
+
+    async def _fail_job(self, k: keys.JobKeys, reason: str) -> None:
+        if await control.stop_job(self.scripts, k, "failed", reason):
+            await audit.job_ended(self.redis, k.job_id)
 
     async def _dead_letter(
         self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes, deliveries: int
@@ -369,3 +374,5 @@ class Consumer:
                 "failed": finished.failed,
             },
         )
+        if finished.status == "completed" and finished.acked:
+            await audit.job_ended(self.redis, chunk.job)

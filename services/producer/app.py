@@ -33,6 +33,7 @@ from services.producer.common import (
     limit_param,
     state_of,
 )
+from shared import audit
 from shared.errors import ApiError
 from shared.jobview import ENDED
 from shared.models import (
@@ -83,10 +84,8 @@ async def submit_job(request: Request) -> Response:
         message = "this Idempotency-Key was already used with a different request"
         raise ApiError(422, "idempotency_conflict", message, "Idempotency-Key")
     job_id = committed.job_id
-    log.info(
-        "job accepted" if committed.outcome == "created" else "job already accepted",
-        extra={"job_id": job_id, "tenant": tenant, "total": prepared.total},
-    )
+    result = "accepted" if committed.outcome == "created" else "already accepted"
+    audit.action("job submitted", tenant, result, job_id=job_id, total=prepared.total)
     view = await jobs.read(state.redis, job_id, tenant)
     if view is None:  # swept already (an old idempotent retry): answer what we know
         raise ApiError(404, "not_found", "the job for this Idempotency-Key no longer exists")
@@ -155,9 +154,17 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok", "redis": True})
 
 
+def _refused(request: Request, exc: ApiError) -> Response:
+    if exc.status < 500:
+        scope = request.scope
+        route, tenant = scope.get("fanout.route", "other"), scope.get("fanout.tenant")
+        audit.refused(exc.status, exc.code, route, request.method, tenant, exc.field)
+    return error_response(exc)
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc)
+    return _refused(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -165,7 +172,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
         exc.status_code, "http_error"
     )
-    return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+    return _refused(request, ApiError(exc.status_code, code, str(exc.detail)))
 
 
 async def _redis_error(request: Request, exc: Exception) -> Response:

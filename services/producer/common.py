@@ -52,6 +52,7 @@ def authenticate(request: Request) -> str:
             tenant = name
     if tenant is None:
         raise ApiError(401, "unauthorized", "invalid API token")
+    request.scope["fanout.tenant"] = tenant  # for the audit line of a later refusal
     return tenant
 
 

@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.producer import jobs
 from services.producer.common import State, authenticate, json_response, limit_param, state_of
-from shared import control, jobview, keys
+from shared import audit, control, jobview, keys
 from shared.errors import ApiError
 from shared.models import JobList, JobView, json_encode
 
@@ -39,6 +39,7 @@ async def pause_job(request: Request) -> Response:
     status = await control.pause(state.scripts, k)
     if status in jobview.ENDED:
         raise ApiError(409, "job_ended", f"the job has already ended ({status})")
+    _audit(request, "job paused", k, status)
     return await _reply(request, state, k)
 
 
@@ -47,6 +48,9 @@ async def resume_job(request: Request) -> Response:
     status = await control.resume(state.scripts, k, state.settings.window)
     if status in jobview.ENDED and view.status != "paused":
         raise ApiError(409, "job_ended", f"the job has already ended ({status})")
+    _audit(request, "job resumed", k, status)
+    if status in jobview.ENDED:  # nothing was left to send
+        await audit.job_ended(state.redis, k.job_id)
     return await _reply(request, state, k)
 
 
@@ -55,7 +59,14 @@ async def cancel_job(request: Request) -> Response:
     stopped = await control.stop_job(state.scripts, k, "cancelled", "cancelled by request")
     if not stopped and view.status in jobview.ENDED and view.status != "cancelled":
         raise ApiError(409, "job_ended", f"the job has already ended ({view.status})")
+    _audit(request, "job cancelled", k, "cancelled" if stopped else "already cancelled")
+    if stopped:
+        await audit.job_ended(state.redis, k.job_id)
     return await _reply(request, state, k)
+
+
+def _audit(request: Request, what: str, k: keys.JobKeys, result: str) -> None:
+    audit.action(what, request.scope["fanout.tenant"], result, job_id=k.job_id)
 
 
 async def _reply(request: Request, state: State, k: keys.JobKeys) -> Response:

@@ -44,6 +44,7 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         route = self._template(scope)
+        scope["fanout.route"] = route  # the audit line of a refusal names the template
         long_poll = route == _SSE_ROUTE or b"wait=" in scope.get("query_string", b"")
         started = time.perf_counter()
         status = 500
