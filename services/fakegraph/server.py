@@ -57,9 +57,11 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 _DESCRIPTION = """\
 Local stand-in for the Messenger Send API (POST /{version}/me/messages and
 /{version}/{page_id}/messages). Answers success, or Graph-shaped errors on demand:
-190 bad/revoked token, 100 bad body, 613 rate limit, HTTP 500 code 2, 551 blocked,
-an outage (HTTP 503 code 2), a restricted page (10/1893063), the 24 h window (10/2018278).
+190 bad/revoked token, 100 bad body, 100/1893061 a retired message tag, 613 rate limit,
+HTTP 500 code 2, 551 blocked, an outage (HTTP 503 code 2), a restricted page (10/1893063),
+the 24 h window (10/2018278).
 Test hooks: GET /_fake/stats, GET /_fake/delivered, POST /_fake/reset,
+GET /_fake/texts and GET /_fake/bodies (per PSID, the last text and the last body sent),
 GET|POST /_fake/config (JSON subset of the options below, live; also outage_until),
 GET|POST /_fake/window ({"<psid>": <Unix time of their last message>}),
 GET /_fake/refused (per code/subcode, per PSID: what the knobs refused).
