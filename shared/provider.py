@@ -26,7 +26,8 @@ class SendResult(msgspec.Struct):
     transport_error: str | None  # "timeout" | "connection" | "bad_answer"
     retry_after: float | None
     seconds: float
-    maybe_delivered: bool = False  # no answer, but the request had gone out
+    # The request had gone out and no Graph verdict came back: the provider may have it.
+    maybe_delivered: bool = False
 
 
 def regain_access_s(header: bytes | None) -> float | None:
@@ -87,5 +88,6 @@ class MessengerClient:
         try:
             graph: GraphAnswer = graph_answer_decoder.decode(answer.body)
         except msgspec.MsgspecError:
-            return SendResult(answer.status, None, "bad_answer", retry_after, seconds)
-        return SendResult(answer.status, graph, None, retry_after, seconds)
+            return SendResult(answer.status, None, "bad_answer", retry_after, seconds, True)
+        unexplained = graph.error is None and not 200 <= answer.status < 300
+        return SendResult(answer.status, graph, None, retry_after, seconds, unexplained)

@@ -26,6 +26,7 @@ class Scripts:
         self.create_job: AsyncScript = redis.register_script(_source("create_job"))
         self.begin_chunk: AsyncScript = redis.register_script(_source("begin_chunk"))
         self.finish_chunk: AsyncScript = redis.register_script(_source("finish_chunk"))
+        self.record_answers: AsyncScript = redis.register_script(_source("record_answers"))
         self.lease: AsyncScript = redis.register_script(_source("lease"))
         self.reclaim: AsyncScript = redis.register_script(_source("reclaim"))
         self.take_permits: AsyncScript = redis.register_script(_source("take_permits"))

@@ -79,8 +79,35 @@ def test_begin_marks_attempted_once_and_reports_in_doubt(
     assert first.status == "running" and first.states == "0" * 10
     assert second.states == "2" * 10
     assert third.states == "2" * 10
-    assert r.hget(k.hash, "indoubt") == b"10"  # counted once, however often it is redelivered
+    # Counted per send: each redelivery resends the ten, each resend a possible duplicate.
+    assert r.hget(k.hash, "indoubt") == b"20"
+    assert r.bitcount(k.indoubt) == 10  # the recipients in doubt
     assert r.hget(k.hash, "status") == b"running"
+
+
+def test_answers_recorded_as_they_arrive_count_once_and_doubts_per_send(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    k = new_job(redis_server, 20, window=1)
+    entry = read_one(r, k)
+    failure = Failure(9, "10000000009", "551", "1545041", "unavailable", 1)
+    early = Outcome([0, 1, 2], [failure], [5, 5])  # recipient 5 resent twice after lost answers
+
+    async def go(client: Redis, scripts: Scripts) -> tuple[tuple[int, int], ...]:
+        await ledger.begin(scripts, k, 0, 10)
+        first = await ledger.record(scripts, k, early)
+        again = await ledger.record(scripts, k, Outcome([0, 1, 2], [failure], []))
+        # The chunk's finish carries every answer again, and no doubt (each was written before
+        # its resend): nothing moves twice.
+        done = await ledger.finish(scripts, k, entry, Outcome(list(range(9)), [failure], []))
+        return first, again, (done.sent, done.failed)
+
+    first, again, finished = run(redis_server, go)
+    assert first == (3, 1) and again == (0, 0) and finished == (6, 0)
+    h = r.hgetall(k.hash)
+    assert (h[b"sent"], h[b"failed"], h[b"indoubt"], h[b"code:551"]) == (b"9", b"1", b"2", b"1")
+    assert r.xlen(k.errors) == 1
+    assert r.bitcount(k.indoubt) == 1
 
 
 def test_finish_twice_counts_and_releases_once(redis_server: RedisServer, r: redis.Redis) -> None:

@@ -2,11 +2,14 @@
 
 A chunk (``ChunkWork``) puts its unfinished recipients on the queue, a permit batch at a
 time, and waits for ``done``; each sender POSTs one, classifies the answer and records it on
-the chunk. What happens next is the verdict's:
+the chunk and, through the job's Recorder, in Redis before it takes the next one. What happens
+next is the verdict's:
 
   sent        recorded
   retry       back on the queue after full-jitter backoff and a fresh permit, until the
               retry budget (FANOUT_MAX_ATTEMPTS) is spent; then failed with the last code
+              (when the request may have reached the provider, the resend is counted in
+              doubt first)
   throttled   the page cools down fleet-wide, and the recipient is retried the same way
               (throttles have a larger budget of their own: they are not the recipient's fault)
   fatal       the recipient fails and the job is stopped; queued recipients of a stopped job
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from redis.exceptions import RedisError
 
 from services.consumer.limiter import PageLimiter
+from services.consumer.recorder import Batch, Recorder
 from shared import messages, metrics
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
@@ -90,13 +94,14 @@ class JobSpec:
 class ChunkWork:
     """One chunk in progress: what is left, what each recipient came to."""
 
-    def __init__(self, entry_id: bytes, chunk: Chunk, spec: JobSpec) -> None:
+    def __init__(self, entry_id: bytes, chunk: Chunk, spec: JobSpec, recorder: Recorder) -> None:
         self.entry_id = entry_id
         self.chunk = chunk
         self.spec = spec
+        self.recorder = recorder  # the job's: answers reach Redis as they arrive
         self.sent: list[int] = []
         self.failed: list[Failure] = []
-        self.doubtful: list[int] = []
+        self.unwritten: dict[int, Batch] = {}  # index -> the batch carrying its latest record
         self.attempts: dict[int, int] = {}
         self.unsubmitted = len(chunk.ids)
         self.requeue = False  # stopped early by a pause: the chunk goes back to the backlog
@@ -104,19 +109,39 @@ class ChunkWork:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def outcome(self) -> Outcome:
-        return Outcome(self.sent, self.failed, self.doubtful)
+        """Every answer so far, for the finish (recording one twice changes nothing). No
+        doubts: each was written before its resend, and one never followed by a resend
+        duplicated nothing; the next holder counts what is unfinished."""
+        return Outcome(self.sent, self.failed, [])
+
+    def record_sent(self, index: int) -> None:
+        pos = self.chunk.start + index
+        self.sent.append(pos)
+        self.unwritten[index] = self.recorder.record_sent(pos)
 
     def fail(self, index: int, decision: Decision, attempts: int) -> None:
-        self.failed.append(
-            Failure(
-                self.chunk.start + index,
-                self.chunk.ids[index],
-                decision.code,
-                decision.subcode,
-                decision.message[:300],
-                attempts,
-            )
+        failure = Failure(
+            self.chunk.start + index,
+            self.chunk.ids[index],
+            decision.code,
+            decision.subcode,
+            decision.message[:300],
+            attempts,
         )
+        self.failed.append(failure)
+        self.unwritten[index] = self.recorder.record_failed(failure)
+
+    def doubt(self, index: int) -> None:
+        """The last request may have reached the person; the next one may be a duplicate."""
+        self.unwritten[index] = self.recorder.record_doubt(self.chunk.start + index)
+
+    async def written(self, index: int) -> None:
+        """Until the recipient's latest record is in Redis."""
+        batch = self.unwritten.get(index)
+        if batch is not None:
+            await batch.written()
+            if self.unwritten.get(index) is batch:
+                del self.unwritten[index]
 
     def settle(self) -> None:
         self.remaining -= 1
@@ -169,7 +194,11 @@ class Senders:
             if work.spec.stopped:
                 work.settle()  # never sent: counted skipped when the job's chunks are all in
                 continue
+            # A resend goes out only once its doubt is in Redis, and a sender moves on only
+            # once its answer is: what a kill -9 can duplicate stays within the senders.
+            await work.written(index)
             await self._send_one(work, index)
+            await work.written(index)
 
     async def _send_one(self, work: ChunkWork, index: int) -> None:
         spec = work.spec
@@ -191,7 +220,7 @@ class Senders:
         decision = classify(result)
         verdict = decision.verdict
         if verdict == "sent":
-            work.sent.append(work.chunk.start + index)  # counted in metrics per chunk
+            work.record_sent(index)  # counted in metrics per chunk
             work.settle()
             return
         if verdict == "throttled" and attempt < _THROTTLE_BUDGET:
@@ -200,8 +229,8 @@ class Senders:
             return
         if verdict == "retry" and attempt < self.max_attempts:
             if result.maybe_delivered:
-                # The request went out but no answer came: a resend may duplicate it.
-                work.doubtful.append(work.chunk.start + index)
+                # The request went out but no verdict came back: a resend may duplicate it.
+                work.doubt(index)
             metrics.RETRIES.inc()
             self._later(work, index, asyncio.sleep(backoff(attempt)))
             return

@@ -1,15 +1,36 @@
-"""The consumer's side of the per-job ledger: one script call before a chunk, one after."""
+"""The consumer's side of the per-job ledger: one script call before a permit batch of a chunk,
+answers recorded in batches as they arrive (recorder.py), one call after the chunk.
+
+Each call is safe to repeat, so ``retrying`` repeats it, with backoff, for as long as Redis is
+unreachable: a chunk keeps its outcomes through a Redis restart instead of being dropped.
+"""
 
 from __future__ import annotations
 
-from typing import cast
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar, cast
 
 import msgspec
+from redis import exceptions as rx
 from redis.asyncio import Redis
 
 from shared import keys, messages
+from shared.classify import backoff
 from shared.models import Message, Outcome, msgpack_encode
 from shared.scripts import Scripts
+
+log = logging.getLogger("fanout.consumer")
+T = TypeVar("T")
+
+# Redis is away (restarting, failing over, loading its AOF) rather than refusing the call.
+UNREACHABLE = (
+    *(rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError),
+    *(rx.ReadOnlyError, OSError),
+)
+_RETRY_BASE_S = 0.05
+_RETRY_CAP_S = 1.0  # so work resumes within about a second of Redis coming back
 
 ERRORS_CAP = 10_000  # failure records kept per job (approximate: XADD MAXLEN ~)
 
@@ -87,3 +108,30 @@ async def finish(
         client=client,
     )
     return Finished(int(reply[0]), int(reply[1]), reply[2] == 1, reply[3] == 1, _text(reply[4]))
+
+
+async def record(scripts: Scripts, k: keys.JobKeys, outcome: Outcome) -> tuple[int, int]:
+    """Record answers as they arrive; how many became sent and failed."""
+    reply = await scripts.record_answers(
+        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt],
+        args=[msgpack_encode(outcome), ERRORS_CAP],
+    )
+    return int(reply[0]), int(reply[1])
+
+
+async def retrying(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``call()`` until Redis answers it, with capped full-jitter backoff while it is
+    unreachable; any other error is raised. Only for calls that are safe to repeat."""
+    attempt = 0
+    while True:
+        try:
+            result = await call()
+        except UNREACHABLE as exc:
+            attempt += 1
+            if attempt == 1:
+                log.warning("Redis unreachable; retrying", extra={"call": what, "error": str(exc)})
+            await asyncio.sleep(backoff(attempt, base=_RETRY_BASE_S, cap=_RETRY_CAP_S))
+            continue
+        if attempt:
+            log.info("Redis answered again", extra={"call": what, "attempts": attempt + 1})
+        return result

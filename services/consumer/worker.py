@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import cast
 
 from redis.asyncio import Redis
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 from services.consumer import ledger
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
+from services.consumer.recorder import Recorder
 from shared import audit, control, keys, metrics
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
@@ -78,6 +80,7 @@ class Consumer:
         self.ready = False
         self._room = asyncio.Event()
         self._specs: dict[str, JobSpec] = {}
+        self._recorders: dict[str, Recorder] = {}
         self._chunk_size_seen = 100
         # Chunks waiting for their page's permits claim no capacity but still count here: a
         # generous bound, so many throttled jobs cannot shut out the rest, yet no hoarding.
@@ -249,21 +252,24 @@ class Consumer:
             self._room.set()
 
     async def _deliver(self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes) -> None:
-        spec = await self._spec(k)
+        # Every ledger call of a chunk is retried while Redis is unreachable: the chunk keeps
+        # its answers and goes on when Redis is back, instead of waiting out a lease.
+        spec = await ledger.retrying(partial(self._spec, k), "job spec")
         requeue = False
         if spec is None:  # the job is gone, or its page has no token here
             outcome = await self._unsendable(chunk, k)
         else:
-            work = ChunkWork(held.entry_id, chunk, spec)
+            work = ChunkWork(held.entry_id, chunk, spec, self._recorder(k))
             held.work = work
             await self._submit(held, work)
             await work.done
             outcome = work.outcome()
             requeue = work.requeue
-        # Shielded: a cancellation must not leave the chunk half-recorded.
-        finished = await asyncio.shield(
-            ledger.finish(self.scripts, k, held.entry_id, outcome, payload=payload, requeue=requeue)
+        finish = partial(
+            ledger.finish, self.scripts, k, held.entry_id, outcome, payload=payload, requeue=requeue
         )
+        # Shielded: a cancellation must not leave the chunk half-recorded.
+        finished = await asyncio.shield(ledger.retrying(finish, "finish chunk"))
         metrics.CHUNKS.labels("finished" if finished.acked else "already_acked").inc()
         _SENT.inc(len(outcome.sent))
         if finished.status == "completed" and finished.acked:
@@ -280,10 +286,13 @@ class Consumer:
             held.waiting = True
             self._room.set()  # waiting frees capacity for other pages' chunks
             try:
-                taken = await spec.limiter.take(len(chunk.ids) - offset)
+                taken = await ledger.retrying(
+                    partial(spec.limiter.take, len(chunk.ids) - offset), "take permits"
+                )
             finally:
                 held.waiting = False
-            begun = await ledger.begin(self.scripts, spec.keys, chunk.start + offset, taken)
+            begin = partial(ledger.begin, self.scripts, spec.keys, chunk.start + offset, taken)
+            begun = await ledger.retrying(begin, "begin chunk")
             if begun.status not in ("pending", "running"):
                 # Paused: the rest waits for resume. Stopped, completed or gone: nothing to do.
                 work.requeue = begun.status == "paused"
@@ -292,6 +301,15 @@ class Consumer:
             self._senders.submit(work, todo, taken)
             offset += taken
         work.all_submitted()
+
+    def _recorder(self, k: keys.JobKeys) -> Recorder:
+        """The job's recorder, shared by the chunks of the job this consumer holds."""
+        recorder = self._recorders.get(k.job_id)
+        if recorder is None:
+            if len(self._recorders) >= _SPEC_CACHE_MAX:
+                self._recorders = {j: r for j, r in self._recorders.items() if not r.idle()}
+            recorder = self._recorders[k.job_id] = Recorder(self.scripts, k)
+        return recorder
 
     async def _spec(self, k: keys.JobKeys) -> JobSpec | None:
         spec = self._specs.get(k.job_id)
@@ -322,7 +340,8 @@ class Consumer:
     async def _unsendable(self, chunk: Chunk, k: keys.JobKeys) -> Outcome:
         """A chunk whose job is gone (finish only settles it) or whose page has no token here
         (its unfinished recipients fail with page_token_missing)."""
-        begun = await ledger.begin(self.scripts, k, chunk.start, len(chunk.ids))
+        begin = partial(ledger.begin, self.scripts, k, chunk.start, len(chunk.ids))
+        begun = await ledger.retrying(begin, "begin chunk")
         failures = [
             Failure(chunk.start + i, chunk.ids[i], _NO_TOKEN.code, "", _NO_TOKEN.message, 0)
             for i, state in enumerate(begun.states)
@@ -358,11 +377,9 @@ class Consumer:
             Failure(chunk.start + i, psid, "dead_letter", "", reason, deliveries)
             for i, psid in enumerate(chunk.ids)
         ]
-        finished = await asyncio.shield(
-            ledger.finish(
-                self.scripts, k, held.entry_id, Outcome([], failures, []), reason, payload
-            )
-        )
+        outcome = Outcome([], failures, [])
+        finish = partial(ledger.finish, self.scripts, k, held.entry_id, outcome, reason, payload)
+        finished = await asyncio.shield(ledger.retrying(finish, "dead-letter chunk"))
         metrics.DEAD_LETTERS.inc()
         metrics.MESSAGES.labels("failed", "dead_letter").inc(finished.failed)
         log.error(

@@ -58,6 +58,18 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upload_fail_times: int = 0
     """With `upload_fail`: only the first N uploads fail (0 = every one)."""
 
+    # Answers gone bad after the provider delivered (each a fraction of delivered sends, drawn
+    # with `seed`): what a proxy in front of a real provider, or a cut connection, can do. The
+    # message counts as delivered; a client that resends makes a real duplicate.
+    html_502_rate: float = 0.0
+    """Answer HTTP 502 with an HTML page (a proxy's "Bad Gateway"), not Graph's JSON."""
+    garbled_200_rate: float = 0.0
+    """Answer HTTP 200 with a body that is not JSON."""
+    cut_rate: float = 0.0
+    """Send the head and half the body of the success answer, then close the connection."""
+    hang_rate: float = 0.0
+    """Never answer: the connection stays open, silent, until the client gives up."""
+
     def __post_init__(self) -> None:
         # Runs on construction and on decode/convert, so `POST /_fake/config` is validated.
         if not 0.0 <= self.fail_rate <= 1.0:
@@ -72,6 +84,9 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("media_rate_limit and upload_fail_times must be >= 0")
         if self.outage_until < 0:
             raise ValueError("outage_until must be >= 0 (a Unix time in seconds)")
+        bad = (self.html_502_rate, self.garbled_200_rate, self.cut_rate, self.hang_rate)
+        if min(bad) < 0.0 or sum(bad) > 1.0:
+            raise ValueError("the bad-answer rates must be >= 0 and add up to at most 1")
 
 
 def parse_page_tokens(spec: str) -> dict[str, str]:

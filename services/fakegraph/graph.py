@@ -7,7 +7,8 @@ nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
     -> rate limit (613)
     -> attachment (audio/video limit 613, unknown attachment_id 100; attachments.py)
     -> fail_rate (500, code 2) -> restricted page (10/1893063) -> window (10/2018278)
-    -> blocked (551) -> delivered (200)
+    -> blocked (551) -> delivered (200) -> the answer spoilt at the bad-answer rates (HTML
+    502, non-JSON 200, cut mid-body, never sent), the message delivered all the same
 
 The page of a send is the one its token maps to when `tokens` is set, else the URL's
 (`me` for `/me/messages`); stats, deliveries and the rate limit are kept per page.
@@ -60,6 +61,12 @@ class _SendRequest(msgspec.Struct):
 
 Answer = tuple[int, bytes]
 """HTTP status and JSON body."""
+
+# Statuses of answers gone bad after the message was delivered (never sent as such):
+HTML_502 = -502  # a proxy's HTML "502 Bad Gateway" page
+GARBLED_200 = -200  # HTTP 200 with a body that is not JSON
+CUT = -1  # the head and half the body, then the connection is closed
+HANG = -2  # no answer at all; the connection stays open
 
 
 class FakeGraph:
@@ -172,7 +179,27 @@ class FakeGraph:
             self.stats.remember_text(psid, request.message.text)
         self.stats.remember_body(psid, body)
         self._message_count += 1
-        return 200, r.success_body(psid, self._message_prefix, self._message_count)
+        return self._gone_bad(
+            config, (200, r.success_body(psid, self._message_prefix, self._message_count))
+        )
+
+    def _gone_bad(self, config: FakeGraphConfig, answer: Answer) -> Answer:
+        """A delivered send's answer, spoilt at the configured rates (the protocol frames the
+        CUT, HANG and HTML statuses)."""
+        rates = (
+            (config.html_502_rate, HTML_502),
+            (config.garbled_200_rate, GARBLED_200),
+            (config.cut_rate, CUT),
+            (config.hang_rate, HANG),
+        )
+        if not any(rate for rate, _ in rates):
+            return answer
+        draw = self._draw()
+        for rate, status in rates:
+            if draw < rate:
+                return status, answer[1]
+            draw -= rate
+        return answer
 
     def _limited(
         self,

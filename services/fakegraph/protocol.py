@@ -19,7 +19,7 @@ from typing import cast
 import httptools
 
 from services.fakegraph import responses as r
-from services.fakegraph.graph import FakeGraph
+from services.fakegraph.graph import CUT, HANG, HTML_502, FakeGraph
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ MAX_BODY_BYTES = 1 << 20
 _RELEASE_SLACK = 0.0005
 """Seconds: a queued answer this close to its due time goes out with the current batch."""
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HTML_502 = (
+    b"<html><head><title>502 Bad Gateway</title></head>"
+    b"<body><center><h1>502 Bad Gateway</h1></center></body></html>"
+)
 
 
 class GraphProtocol(asyncio.Protocol):
@@ -49,6 +53,9 @@ class GraphProtocol(asyncio.Protocol):
         self._delayed: deque[tuple[float, bytes]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._silent = False
+        """An answer that never comes (`hang_rate`): read nothing more, write nothing, and
+        keep the connection open until the client gives up."""
         """No more requests are read; close once every queued answer is written."""
 
     # ---- asyncio.Protocol ----
@@ -141,7 +148,29 @@ class GraphProtocol(asyncio.Protocol):
             end = r.END_KEEP_ALIVE_10
         else:
             end = r.END_KEEP_ALIVE
+        if status < 0:
+            self._spoil(status, payload, end)
+            return
         self._answer(r.frame(status, payload, end))
+
+    def _spoil(self, status: int, payload: bytes, end: bytes) -> None:
+        """A delivered send's answer gone bad (the statuses of graph.py's bad-answer knobs)."""
+        if status == HANG:
+            self._closing = self._silent = True
+            return
+        if status == CUT:
+            whole = r.frame(200, payload, end)
+            self._closing = True  # closed once the half answer is written
+            self._answer(whole[: len(whole) - len(payload) // 2 - 1])
+            return
+        if status == HTML_502:
+            head, body = b"502 Bad Gateway", _HTML_502
+        else:
+            head, body = b"200 OK", b"<html><body>OK</body></html>"
+        self._answer(
+            b"HTTP/1.1 %b\r\nContent-Type: text/html\r\nContent-Length: %d%b%b"
+            % (head, len(body), end, body)
+        )
 
     # ---- writing ----
 
@@ -181,5 +210,5 @@ class GraphProtocol(asyncio.Protocol):
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        if self._closing and not self._delayed:
+        if self._closing and not self._delayed and not self._silent:
             transport.close()

@@ -1,8 +1,11 @@
 -- Before a chunk's POSTs: mark its unfinished recipients attempted, in one call per chunk.
--- Idempotent: a redis-py retry or a second delivery of the chunk changes nothing twice.
+-- A second delivery of the chunk never sends a finished recipient again.
 -- Per recipient it answers a state character:
 --   '0' fresh (send it), '1' finished (skip it), '2' attempted before but unfinished: in doubt,
---   the earlier holder may or may not have reached the provider (resend, and count it once).
+--   the earlier holder may or may not have reached the provider (resend it; `indoubt` counts
+--   this send, so a recipient found in doubt on each of two redeliveries counts 2).
+-- A call retried after its reply was lost finds its own marks and counts them in doubt: an
+-- over-count, never an under-count.
 -- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt, 6 shard job stats
 -- ARGV: 1 start position, 2 count
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -18,10 +21,10 @@ if status == 'pending' or status == 'running' then
     if redis.call('GETBIT', KEYS[3], p) == 1 or redis.call('GETBIT', KEYS[4], p) == 1 then
       states[#states + 1] = '1'
     elseif redis.call('SETBIT', KEYS[2], p, 1) == 1 then
+      -- Counted per send, not per recipient: each resend may be one more duplicate.
       states[#states + 1] = '2'
-      if redis.call('SETBIT', KEYS[5], p, 1) == 0 then
-        new_doubts = new_doubts + 1
-      end
+      redis.call('SETBIT', KEYS[5], p, 1)
+      new_doubts = new_doubts + 1
     else
       states[#states + 1] = '0'
     end

@@ -5,9 +5,9 @@
 -- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
 --       8 indoubt, 9 shard job stats, 10 shard ended jobs, 11 shard due callbacks
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
---       subcode, message, attempts]...], [doubtful pos...]]: doubtful ones were resent after a
---       timeout, so the provider may have them twice), 4 dead-letter reason ('' if none), 5 chunk payload
---       (kept in the dead stream, or put back), 6 errors stream cap, 7 job id, 8 '1' when the
+--       subcode, message, attempts]...], [doubtful pos...]]: each doubtful entry is one send
+--       that may have reached the person twice, see record_outcome), 4 dead-letter reason
+--       ('' if none), 5 chunk payload (kept in the dead stream, or put back), 6 errors stream cap, 7 job id, 8 '1' when the
 --       consumer stopped early because the job was paused: the chunk goes back for later
 if redis.call('EXISTS', KEYS[1]) == 0 then
   -- The job expired or was deleted: only settle the entry.
@@ -15,29 +15,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('XDEL', KEYS[5], ARGV[2])
   return {0, 0, acked, 0, 'missing'}
 end
-local outcome = cmsgpack.unpack(ARGV[3])
-local sent, failed = 0, 0
-for _, p in ipairs(outcome[1]) do
-  if redis.call('GETBIT', KEYS[3], p) == 0 and redis.call('SETBIT', KEYS[2], p, 1) == 0 then
-    sent = sent + 1
-  end
-end
-for _, f in ipairs(outcome[2]) do
-  local p = f[1]
-  if redis.call('GETBIT', KEYS[2], p) == 0 and redis.call('SETBIT', KEYS[3], p, 1) == 0 then
-    failed = failed + 1
-    redis.call('HINCRBY', KEYS[1], 'code:' .. f[3], 1)
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], '*', 'recipient', f[2], 'code', f[3],
-      'subcode', f[4], 'message', f[5], 'attempts', f[6])
-  end
-end
-local doubts = 0
-for _, p in ipairs(outcome[3]) do
-  if redis.call('SETBIT', KEYS[8], p, 1) == 0 then doubts = doubts + 1 end
-end
-if doubts > 0 then redis.call('HINCRBY', KEYS[1], 'indoubt', doubts) end
-if sent > 0 then redis.call('HINCRBY', KEYS[1], 'sent', sent) end
-if failed > 0 then redis.call('HINCRBY', KEYS[1], 'failed', failed) end
+local sent, failed = record_outcome(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8],
+  cmsgpack.unpack(ARGV[3]), ARGV[6])
 
 local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
 local released = 0

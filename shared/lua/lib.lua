@@ -23,3 +23,31 @@ local function release_chunks(hash, backlog, work, n)
   return released
 end
 
+
+-- Record answers in a job's ledger: outcome = msgpack [[sent pos...], [[pos, recipient, code,
+-- subcode, message, attempts]...], [doubtful pos...]]. Counters move only when a bit flips, so
+-- recording the same answer twice changes nothing; but every doubtful entry counts one send
+-- that may have reached the person twice (one recipient resent twice counts 2), so a caller
+-- passes each doubt once. Returns how many became sent and failed.
+local function record_outcome(hash, sent_bits, failed_bits, errors, indoubt_bits, outcome, cap)
+  local sent, failed = 0, 0
+  for _, p in ipairs(outcome[1]) do
+    if redis.call('GETBIT', failed_bits, p) == 0 and redis.call('SETBIT', sent_bits, p, 1) == 0 then
+      sent = sent + 1
+    end
+  end
+  for _, f in ipairs(outcome[2]) do
+    local p = f[1]
+    if redis.call('GETBIT', sent_bits, p) == 0 and redis.call('SETBIT', failed_bits, p, 1) == 0 then
+      failed = failed + 1
+      redis.call('HINCRBY', hash, 'code:' .. f[3], 1)
+      redis.call('XADD', errors, 'MAXLEN', '~', cap, '*', 'recipient', f[2], 'code', f[3],
+        'subcode', f[4], 'message', f[5], 'attempts', f[6])
+    end
+  end
+  for _, p in ipairs(outcome[3]) do redis.call('SETBIT', indoubt_bits, p, 1) end
+  if #outcome[3] > 0 then redis.call('HINCRBY', hash, 'indoubt', #outcome[3]) end
+  if sent > 0 then redis.call('HINCRBY', hash, 'sent', sent) end
+  if failed > 0 then redis.call('HINCRBY', hash, 'failed', failed) end
+  return sent, failed
+end

@@ -1,0 +1,133 @@
+"""Answers on their way to the ledger: one ``Recorder`` per job, batching as they arrive.
+
+A chunk's finish records all its answers at the end, but a consumer killed before that would
+leave every answered recipient of the chunk to be sent again. So each answer is also written
+as it arrives, in batches: a job's answers are flushed as one script call (record_answers.lua)
+when ``flush_at`` have gathered or ``flush_s`` after the first, whichever comes first, one
+flush at a time per job. While Redis is unreachable a flush is retried with backoff, and the
+batch keeps gathering.
+
+A sender waits for its answer's batch to be written before it takes the next recipient, so
+requests in flight plus answers not yet written never exceed the senders (``FANOUT_CONCURRENCY``):
+that is all a kill -9 can make us send twice. A doubtful answer (the request may have reached
+the provider, no verdict came back) is written before its resend goes out, so ``indoubt`` has
+counted every resend that could duplicate, even if we die right after.
+
+    record_sent / record_failed / record_doubt -> the Batch that will carry it
+    Batch.written()                             -> waits until that batch is in Redis
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from services.consumer import ledger
+from shared.keys import JobKeys
+from shared.models import Failure, Outcome
+from shared.scripts import Scripts
+
+log = logging.getLogger("fanout.consumer")
+
+FLUSH_S = 0.005
+FLUSH_AT = 64
+
+
+class Batch:
+    """Answers written together, and a future set once they are in Redis."""
+
+    __slots__ = ("doubtful", "done", "failed", "sent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sent: list[int] = []
+        self.failed: list[Failure] = []
+        self.doubtful: list[int] = []
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def __len__(self) -> int:
+        return len(self.sent) + len(self.failed) + len(self.doubtful)
+
+    def outcome(self) -> Outcome:
+        return Outcome(self.sent, self.failed, self.doubtful)
+
+    async def written(self) -> None:
+        # Shielded: a cancelled waiter must not cancel the batch for the others.
+        await asyncio.shield(self.done)
+
+
+class Recorder:
+    def __init__(
+        self, scripts: Scripts, k: JobKeys, flush_s: float = FLUSH_S, flush_at: int = FLUSH_AT
+    ) -> None:
+        self.scripts = scripts
+        self.keys = k
+        self.flush_s = flush_s
+        self.flush_at = flush_at
+        self._loop = asyncio.get_running_loop()
+        self._open = Batch(self._loop)
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    def idle(self) -> bool:
+        return self._flusher is None and not self._open
+
+    def record_sent(self, pos: int) -> Batch:
+        batch = self._open
+        batch.sent.append(pos)
+        self._added(batch)
+        return batch
+
+    def record_failed(self, failure: Failure) -> Batch:
+        batch = self._open
+        batch.failed.append(failure)
+        self._added(batch)
+        return batch
+
+    def record_doubt(self, pos: int) -> Batch:
+        batch = self._open
+        batch.doubtful.append(pos)
+        self._added(batch)
+        return batch
+
+    def _added(self, batch: Batch) -> None:
+        if len(batch) >= self.flush_at:
+            self._kick()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(self.flush_s, self._kick)
+
+    def _kick(self) -> None:
+        self._due = True
+        if self._flusher is None:
+            self._flusher = self._loop.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._due:
+                self._due = False
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+                batch, self._open = self._open, Batch(self._loop)
+                if batch:
+                    await self._write(batch)
+                if self._open and self._timer is None and not self._due:
+                    self._timer = self._loop.call_later(self.flush_s, self._kick)
+        finally:
+            self._flusher = None
+
+    async def _write(self, batch: Batch) -> None:
+        outcome = batch.outcome()
+        try:
+            await ledger.retrying(
+                lambda: ledger.record(self.scripts, self.keys, outcome), "record answers"
+            )
+        except RedisError:
+            # Not Redis being away but a refusal: the chunk's finish records sent and failed
+            # answers again; leaving the senders stuck on this batch would help nobody.
+            log.exception("answers not recorded early", extra={"job_id": self.keys.job_id})
+        finally:
+            if not batch.done.done():
+                batch.done.set_result(None)
