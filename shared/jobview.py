@@ -4,7 +4,7 @@ and the completion callback all show exactly this."""
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Literal, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -42,6 +42,12 @@ def _progress(h: dict[str, bytes], now_ms: int) -> tuple[float, float | None, fl
     return progress, round(rate, 1), eta
 
 
+def _callback_status(raw: bytes | None) -> Literal["delivered", "failed"] | None:
+    if raw == b"delivered":
+        return "delivered"
+    return "failed" if raw == b"failed" else None
+
+
 def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     progress, rate, eta = _progress(h, now_ms)
@@ -67,6 +73,7 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         error_codes={k[5:]: int(v) for k, v in h.items() if k.startswith("code:")},
         reason=h["reason"].decode() if h.get("reason") else None,
         callback_url=h["callback_url"].decode() if h.get("callback_url") else None,
+        callback_status=_callback_status(h.get("callback_status")),
         message_kind=h["kind"].decode() if h.get("kind") else "text",  # none before rich messages
     )
 

@@ -70,6 +70,8 @@ class JobView(msgspec.Struct, kw_only=True):
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
     callback_url: str | None
+    # The completion callback once settled: "delivered", or "failed" after its last attempt.
+    callback_status: Literal["delivered", "failed"] | None = None
     # What the message is: text, image, video, audio, file, button_template, generic_template,
     # media_template, customer_feedback_template or utility_template.
     message_kind: str = "text"

@@ -1,9 +1,12 @@
 """``GET /openapi.json``: the API's contract, with schemas generated from the same msgspec
-Structs that validate requests and shape answers, so the two cannot drift."""
+Structs that validate requests and shape answers, so the two cannot drift. Every route the
+producer serves is here (tests/test_openapi.py holds the list to the app's), each operation with
+an ``operationId`` for client generators, and every operation that reads Redis lists the 503
+``unavailable`` it answers while Redis is unreachable."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from starlette.requests import Request
@@ -15,6 +18,7 @@ from shared.models import (
     JobAccepted,
     JobList,
     JobRequest,
+    JobStatusName,
     JobView,
     UploadSpec,
     json_encode,
@@ -32,7 +36,51 @@ def _answer(name: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): _answer("ErrorResponse", "refused; nothing written") for code in codes}
+    """The 4xx refusals an operation answers, plus the 503 of every operation that reads or
+    writes Redis."""
+    refusals = {str(code): _answer("ErrorResponse", "refused; nothing written") for code in codes}
+    unavailable = _answer("ErrorResponse", "code unavailable: Redis is unreachable; retry")
+    return {**refusals, "503": unavailable}
+
+
+def _public(operation_id: str, description: str, media: str, schema: dict[str, Any]) -> Any:
+    """An operation without a token (probes, scrapes, the contract, the job page)."""
+    return {
+        "operationId": operation_id,
+        "security": [],
+        "responses": {"200": {"description": description, "content": {media: {"schema": schema}}}},
+    }
+
+
+def _health() -> dict[str, Any]:
+    status = {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string"}, "redis": {"type": "boolean"}},
+    }
+    readyz = _public("getReadiness", "ready: Redis answers", "application/json", status)
+    readyz["responses"]["503"] = {
+        "description": "not ready: Redis is unreachable",
+        "content": {"application/json": {"schema": status}},
+    }
+    text = {"type": "string"}
+    asset = _public("getPageAsset", "a file of the job page", "text/javascript", text)
+    asset["parameters"] = [
+        {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    asset["responses"]["404"] = _answer("ErrorResponse", "no such file")
+    return {
+        "/healthz": {"get": _public("getLiveness", "alive", "application/json", status)},
+        "/readyz": {"get": readyz},
+        "/metrics": {
+            "get": _public("getMetrics", "Prometheus text format 0.0.4", "text/plain", text)
+        },
+        "/openapi.json": {
+            "get": _public("getOpenApi", "this document", "application/json", {"type": "object"})
+        },
+        "/": {"get": _public("getJobPage", "the job page", "text/html", text)},
+        "/static/{path}": {"get": asset},
+    }
 
 
 def build() -> dict[str, Any]:
@@ -45,13 +93,17 @@ def build() -> dict[str, Any]:
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
         {"name": "after", "in": "query", "schema": {"type": "string"}},
     ]
-    control = {
-        "parameters": [job_id],
-        "responses": {
-            "200": _answer("JobView", "the job after the change"),
-            **_errors(401, 404, 409),
-        },
-    }
+
+    def control(operation_id: str) -> dict[str, Any]:
+        return {
+            "operationId": operation_id,
+            "parameters": [job_id],
+            "responses": {
+                "200": _answer("JobView", "the job after the change"),
+                **_errors(401, 404, 409),
+            },
+        }
+
     upload = {
         "type": "object",
         "required": ["spec", "recipients"],
@@ -71,6 +123,7 @@ def build() -> dict[str, Any]:
         "paths": {
             "/v1/jobs": {
                 "post": {
+                    "operationId": "submitJob",
                     "parameters": [
                         {
                             "name": "wait",
@@ -89,25 +142,32 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "202": _answer("JobAccepted", "accepted"),
                         "200": _answer("JobView", "ended within ?wait="),
-                        **_errors(400, 401, 403, 411, 413, 415, 422),
+                        **_errors(400, 401, 403, 409, 411, 413, 415, 422),
                     },
                 },
                 "get": {
+                    "operationId": "listJobs",
                     "parameters": [
                         *page,
-                        {"name": "status", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"enum": list(get_args(JobStatusName))},
+                        },
                     ],
                     "responses": {"200": _answer("JobList", "newest first"), **_errors(401, 422)},
                 },
             },
             "/v1/jobs/{job_id}": {
                 "get": {
+                    "operationId": "getJob",
                     "parameters": [job_id],
                     "responses": {"200": _answer("JobView", "the job"), **_errors(401, 404)},
                 }
             },
             "/v1/jobs/{job_id}/errors": {
                 "get": {
+                    "operationId": "listJobErrors",
                     "parameters": [job_id, *page],
                     "responses": {
                         "200": _answer("ErrorPage", "failures"),
@@ -117,6 +177,7 @@ def build() -> dict[str, Any]:
             },
             "/v1/jobs/{job_id}/events": {
                 "get": {
+                    "operationId": "streamJobEvents",
                     "parameters": [job_id],
                     "responses": {
                         "200": {
@@ -127,9 +188,10 @@ def build() -> dict[str, Any]:
                     },
                 }
             },
-            "/v1/jobs/{job_id}/pause": {"post": control},
-            "/v1/jobs/{job_id}/resume": {"post": control},
-            "/v1/jobs/{job_id}/cancel": {"post": control},
+            "/v1/jobs/{job_id}/pause": {"post": control("pauseJob")},
+            "/v1/jobs/{job_id}/resume": {"post": control("resumeJob")},
+            "/v1/jobs/{job_id}/cancel": {"post": control("cancelJob")},
+            **_health(),
         },
     }
 
