@@ -377,11 +377,14 @@ class Personalised:
     Limits apply to the message as written at submit and again to each filled message.
     """
 
-    __slots__ = ("_tree", "names", "required", "templates")
+    __slots__ = ("_text", "_tree", "names", "required", "templates")
 
     def __init__(self, message: Message) -> None:
         self.templates: list[tuple[str, Template]] = []
         self._tree = self._compile(msgspec.to_builtins(message), "message")
+        # A text alone (the common case) skips the tree: one join, one length check.
+        only_text = message.text is not None and message.quick_replies is None
+        self._text = self.templates[0][1] if only_text and self.templates else None
         self.names = sorted({n for _, t in self.templates for n in t.names})
         self.required = sorted({n for _, t in self.templates for n in t.required})
 
@@ -429,7 +432,11 @@ class Personalised:
             raise RenderError(code, f"the personalised message: {text}", f"message{path}") from None
 
     def render_json(self, values: Mapping[str, str]) -> bytes:
-        return _encode(self.render(values))
+        if self._text is not None:
+            text = self._text.render(values)
+            if 0 < len(text) <= MAX_TEXT:
+                return _encode({"text": text})
+        return _encode(self.render(values))  # and RenderError naming what is wrong
 
 
 def _fill(node: Tree, values: Mapping[str, str]) -> Any:
