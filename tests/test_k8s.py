@@ -37,7 +37,7 @@ from shared.settings import consumer_settings, producer_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/prod"]
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/prod", "overlays/prod-redis-cluster"]
 K8S_VERSION = "1.30"
 FANOUT_UID = 10001
 
@@ -420,16 +420,21 @@ def test_keda_has_one_trigger_per_shard_stream(name: str) -> None:
     )
     auths = {a["metadata"]["name"]: a for a in _of_kind(objs, "TriggerAuthentication")}
     read_from_env: set[str] = set()
+    # Against a cluster, the scaler that follows MOVED redirects; else the single-node one.
+    cluster = env.get("FANOUT_REDIS_CLUSTER") == "true"
     for shard, trigger in enumerate(triggers):
         meta = trigger["metadata"]
-        assert trigger["type"] == "redis-streams"
+        assert trigger["type"] == ("redis-cluster-streams" if cluster else "redis-streams")
         assert meta["stream"] == keys.work_stream(shard)
         assert meta["consumerGroup"] == keys.GROUP
         assert meta["lagCount"].isdigit() and int(meta["lagCount"]) > 0
         assert meta["activationLagCount"].isdigit()
         # lag-based scaling only: pendingEntriesCount would switch the scaler to XPENDING
         assert not {"pendingEntriesCount", "streamLength"} & set(meta)
-        assert "address" in meta or "addressFromEnv" in meta
+        if cluster:
+            assert "addresses" in meta or "addressesFromEnv" in meta
+        else:
+            assert "address" in meta or "addressFromEnv" in meta
         read_from_env |= {v for k, v in meta.items() if k.endswith("FromEnv")}
         auth = auths[trigger["authenticationRef"]["name"]]
         for ref in auth["spec"].get("env", []):
@@ -627,7 +632,7 @@ def test_queries_are_balanced_and_scrape_labels_exist() -> None:
         assert used <= kept, monitor["metadata"]["name"]
 
 
-@pytest.mark.parametrize("name", ["overlays/dev", "overlays/prod"])
+@pytest.mark.parametrize("name", ["overlays/dev", "overlays/prod", "overlays/prod-redis-cluster"])
 def test_overlays_ship_the_monitoring(name: str) -> None:
     objs = render(name)
     dashboard = _one(objs, "ConfigMap", "fanout-dashboard")
@@ -654,3 +659,33 @@ def test_overlays_ship_the_monitoring(name: str) -> None:
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             _port_number(container, endpoint["port"])  # the named port exists
             assert endpoint["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_statefulsets_are_governed_by_headless_services(name: str) -> None:
+    objs = render(name)
+    for sts in _of_kind(objs, "StatefulSet"):
+        service = _one(objs, "Service", sts["spec"]["serviceName"])
+        assert service["spec"].get("clusterIP") == "None", sts["metadata"]["name"]
+        assert _matches(service["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+
+
+def test_the_cluster_overlay_differs_from_prod_only_where_it_should() -> None:
+    prod, cluster = render("overlays/prod"), render("overlays/prod-redis-cluster")
+    assert _kinds_and_names(prod) == _kinds_and_names(cluster)
+    _, container = _fanout_container(cluster, "fanout-consumer")
+    env = container_env(cluster, container)
+    assert env["FANOUT_REDIS_CLUSTER"] == "true" and env["KEDA_REDIS_ADDRESSES"]
+    [scaled] = _of_kind(cluster, "ScaledObject")
+    [base] = _of_kind(prod, "ScaledObject")
+    assert {t["type"] for t in scaled["spec"]["triggers"]} == {"redis-cluster-streams"}
+    for mine, theirs in zip(scaled["spec"]["triggers"], base["spec"]["triggers"], strict=True):
+        for key in ("stream", "consumerGroup", "lagCount", "activationLagCount"):
+            assert mine["metadata"][key] == theirs["metadata"][key]
+    assert {k: v for k, v in scaled["spec"].items() if k != "triggers"} == {
+        k: v for k, v in base["spec"].items() if k != "triggers"
+    }
+
+
+def _kinds_and_names(objs: list[Obj]) -> set[tuple[str, str]]:
+    return {(o["kind"], o["metadata"]["name"]) for o in objs}
