@@ -7,6 +7,7 @@ each client on uvloop, keep-alive, N worker coroutines sharing one client:
 - aiohttp:        aiohttp.ClientSession(TCPConnector(limit=N))
 - httpx+aiohttp:  httpx.AsyncClient(transport=httpx_aiohttp.AiohttpTransport(limits=...)),
                   only if `httpx-aiohttp` is installed (not a project dependency)
+- fanout http1:   the consumer's own pool (shared/http1.py), as MessengerClient drives it
 
 httpx's default transport degrades as connections grow: httpcore's pool re-scans every
 connection for every queued request (O(N*M), encode/httpx#3215, encode/httpcore#1035).
@@ -97,6 +98,22 @@ async def run_aiohttp(url: str, total: int, in_flight: int, budget: float) -> tu
         return await _drive(send, total, in_flight, budget)
 
 
+async def run_http1(url: str, total: int, in_flight: int, budget: float) -> tuple[int, int, bool]:
+    from shared.http1 import Pool
+
+    pool = Pool(url, in_flight, 30.0)
+    auth = "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items() if k != "Content-Type")
+    head = pool.frame_post(PATH, auth.encode())
+    try:
+
+        async def send(n: int) -> int:
+            return (await pool.post(head, body(n))).status
+
+        return await _drive(send, total, in_flight, budget)
+    finally:
+        await pool.close()
+
+
 async def run_httpx_aiohttp(
     url: str, total: int, in_flight: int, budget: float
 ) -> tuple[int, int, bool]:
@@ -125,7 +142,11 @@ def _sniffio_note() -> None:
 
 
 def _clients() -> list[tuple[str, Runner]]:
-    clients: list[tuple[str, Runner]] = [("httpx", run_httpx), ("aiohttp", run_aiohttp)]
+    clients: list[tuple[str, Runner]] = [
+        ("httpx", run_httpx),
+        ("aiohttp", run_aiohttp),
+        ("fanout http1", run_http1),
+    ]
     try:
         import httpx_aiohttp  # noqa: F401
     except ImportError:

@@ -5,33 +5,43 @@ against fakegraph with its own core saturated, and httpx's default transport a f
 (bench/http_clients.py); the consumer has to do 10,000/s *and* keep its ledger. This pool
 keeps persistent keep-alive connections (one request at a time on each, no pipelining),
 writes each request as one pre-framed buffer, and parses answers with httptools (the C
-parser uvicorn uses), which handles Content-Length and chunked bodies. TLS is asyncio's.
+parser uvicorn uses), which handles Content-Length and chunked bodies. TLS is asyncio's, with
+the system's CAs, hostname checks and SNI (``ssl.create_default_context``).
 
-What it does not do, on purpose: redirects, cookies, proxies, compression (no
-Accept-Encoding is sent, so the answer comes as identity), HTTP/2.
+Behind an egress proxy (``proxy``, chosen from HTTPS_PROXY/NO_PROXY by ``shared.proxies``): an
+https origin is reached through a ``CONNECT`` tunnel, TLS end to end inside it, so the proxy
+sees the host name and never a token; an http origin gets absolute-form requests (plain
+forwarding). Credentials in the proxy URL go as ``Proxy-Authorization: Basic`` to the proxy
+only. A connection the server closed while idle is dropped before reuse, never written to.
+
+What it does not do, on purpose: redirects, cookies, compression (no Accept-Encoding is sent,
+so the answer comes as identity), HTTP/2, https:// proxies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
 _MAX_BODY = 256 * 1024
 _IDLE_S = 20.0  # drop connections idle longer than this rather than race the server's timeout
+_MAX_PROXY_HEAD = 16 * 1024
 
 
 class HttpError(Exception):
     """No (complete) answer: ``kind`` is "timeout" or "connection"; ``sent`` says whether the
     request had been written, so the provider may have acted on it."""
 
-    def __init__(self, kind: str, sent: bool) -> None:
-        super().__init__(kind)
+    def __init__(self, kind: str, sent: bool, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.sent = sent
+        self.detail = detail  # what went wrong, for the log (a TLS or proxy refusal)
 
 
 class Answer:
@@ -111,22 +121,93 @@ class _Connection(asyncio.Protocol):
         return self.waiter
 
 
-class Pool:
-    """Connections to one origin, at most ``limit`` of them, reused LIFO."""
+class _Tunnel(asyncio.Protocol):
+    """Asks a proxy for a ``CONNECT`` tunnel and reads its answer, up to the blank line."""
 
-    def __init__(self, base_url: str, limit: int, timeout_s: float) -> None:
+    def __init__(self, request: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.head = b""
+        self.established: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.head) > _MAX_PROXY_HEAD:
+                self._fail("the proxy's answer to CONNECT has no end")
+            return
+        status_line = self.head.split(b"\r\n", 1)[0]
+        version, _, rest = status_line.partition(b" ")
+        if not (version.startswith(b"HTTP/1.") and rest[:1] == b"2"):
+            self._fail(f"the proxy answered CONNECT with {status_line[:80].decode('latin-1')!r}")
+        elif len(self.head) > end + 4:
+            self._fail("the proxy sent data before the TLS handshake")
+        elif not self.established.done():
+            self.established.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("the proxy closed the connection")
+
+    def _fail(self, detail: str) -> None:
+        if not self.established.done():
+            self.established.set_exception(HttpError("connection", sent=False, detail=detail))
+
+
+class Pool:
+    """Connections to one origin, at most ``limit`` of them, reused LIFO; through ``proxy``
+    (an http:// URL) when given."""
+
+    def __init__(
+        self,
+        base_url: str,
+        limit: int,
+        timeout_s: float,
+        proxy: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if parts.scheme == "https" else None
-        )
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
         default_port = self.port == (443 if self.ssl else 80)
         host_header = self.host if default_port else f"{self.host}:{self.port}"
         self.base_path = parts.path.rstrip("/")
         self.host_line = b"Host: " + host_header.encode("idna") + b"\r\n"
+        # Where TCP goes: the origin, or the proxy. An https origin is tunnelled (CONNECT);
+        # an http origin is forwarded, so its requests name the whole URL (absolute form).
+        self.connect_to = (self.host, self.port)
+        self.tunnel: bytes | None = None
+        self.proxy_line = b""
+        if proxy is not None:
+            via = urlsplit(proxy)
+            if via.scheme != "http" or not via.hostname:
+                raise ValueError("the proxy must be an http:// URL")
+            self.connect_to = (via.hostname, via.port or 80)
+            if via.username is not None:
+                user_pass = f"{unquote(via.username)}:{unquote(via.password or '')}"
+                basic = base64.b64encode(user_pass.encode()).decode()
+                self.proxy_line = f"Proxy-Authorization: Basic {basic}\r\n".encode()
+            if self.ssl is not None:
+                authority = f"{self.host}:{self.port}".encode("idna")
+                self.tunnel = (
+                    b"CONNECT "
+                    + authority
+                    + b" HTTP/1.1\r\nHost: "
+                    + authority
+                    + b"\r\n"
+                    + self.proxy_line
+                    + b"\r\n"
+                )
+                self.proxy_line = b""  # inside the tunnel the proxy reads nothing
+            else:
+                self.base_path = f"http://{host_header}{self.base_path}"
         self.timeout_s = timeout_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
@@ -140,6 +221,7 @@ class Pool:
             + (self.base_path + path).encode()
             + b" HTTP/1.1\r\n"
             + self.host_line
+            + self.proxy_line
             + b"Content-Type: application/json\r\nUser-Agent: fanout\r\n"
             + headers
             + b"Content-Length: "
@@ -154,19 +236,36 @@ class Pool:
                 return conn
             conn.close()
             self._all.discard(conn)
-        loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Connection(loop), self.host, self.port, ssl=self.ssl
-                ),
-                self.timeout_s,
-            )
+            conn = await asyncio.wait_for(self._open(), self.timeout_s)
         except TimeoutError:
             raise HttpError("timeout", sent=False) from None
-        except OSError:
-            raise HttpError("connection", sent=False) from None
+        except OSError as exc:  # refused, reset, and every TLS failure (ssl.SSLError)
+            raise HttpError("connection", sent=False, detail=str(exc)) from None
         self._all.add(conn)
+        return conn
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        host, port = self.connect_to
+        request, tls_context = self.tunnel, self.ssl
+        if request is None or tls_context is None:  # direct, or an http origin via a proxy
+            ssl_context = self.ssl if self.connect_to == (self.host, self.port) else None
+            _, conn = await loop.create_connection(
+                lambda: _Connection(loop), host, port, ssl=ssl_context
+            )
+            return conn
+        raw, tunnel = await loop.create_connection(lambda: _Tunnel(request, loop), host, port)
+        try:
+            await tunnel.established
+            conn = _Connection(loop)
+            tls = await loop.start_tls(raw, conn, tls_context, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        if tls is None:  # the loop closed the transport meanwhile
+            raise HttpError("connection", sent=False, detail="closed during the TLS handshake")
+        conn.connection_made(tls)
         return conn
 
     async def post(self, head: tuple[bytes, bytes], body: bytes) -> Answer:

@@ -62,8 +62,15 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class MessengerClient:
-    def __init__(self, graph_url: str, version: str, concurrency: int, timeout_s: float) -> None:
-        self.pool = Pool(graph_url, concurrency, timeout_s)
+    def __init__(
+        self,
+        graph_url: str,
+        version: str,
+        concurrency: int,
+        timeout_s: float,
+        proxy: str | None = None,
+    ) -> None:
+        self.pool = Pool(graph_url, concurrency, timeout_s, proxy)
         self.path = f"/{version}/me/messages"
 
     def head(self, token: str) -> Head:

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import msgspec
 
+from shared import proxies
+
 T = TypeVar("T")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -99,6 +101,8 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     callback_allow: tuple[str, ...]
     callback_attempts: int
     log_level: str
+    # The egress proxy to the Graph API (HTTPS_PROXY/NO_PROXY, see shared.proxies), or None.
+    graph_proxy: str | None = None
 
     def rate_for(self, page_id: str) -> int:
         return self.page_rate_limits.get(page_id, self.rate_limit)
@@ -292,4 +296,14 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
         callback_allow=env.words("FANOUT_CALLBACK_ALLOW"),
         callback_attempts=env.integer("FANOUT_CALLBACK_ATTEMPTS", 8, 1, 100),
         log_level=env.log_level(),
+        graph_proxy=_graph_proxy(graph_url, os.environ if environ is None else environ),
     )
+
+
+def _graph_proxy(graph_url: str, environ: Mapping[str, str]) -> str | None:
+    """HTTPS_PROXY and friends are the standard variables every HTTP client reads, not
+    FANOUT_ ones: one egress setting serves the whole pod."""
+    try:
+        return proxies.proxy_for(graph_url, environ)
+    except proxies.ProxyError as exc:
+        raise SettingsError(str(exc)) from None

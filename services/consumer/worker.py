@@ -73,6 +73,7 @@ class Consumer:
             settings.graph_version,
             settings.concurrency,
             settings.request_timeout_s,
+            settings.graph_proxy,
         )
         # By (shard, entry id): two shards' streams can mint the same id in one millisecond.
         self.held: dict[tuple[int, bytes], Held] = {}
