@@ -9,7 +9,7 @@ from typing import Literal, cast
 import msgspec
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, pagestate
 from shared.models import JobStatusName, JobView
 
 ENDED = ("completed", "failed", "cancelled")
@@ -86,4 +86,7 @@ async def load(redis: Redis, job_id: str) -> tuple[str, JobView] | None:
     if not raw or b"status" not in raw:
         return None
     h = {k.decode(): v for k, v in raw.items()}
-    return h["tenant"].decode(), view(job_id, h)
+    found = view(job_id, h)
+    if found.status not in ENDED:
+        found.page_hold = await pagestate.hold(redis, found.page_id)
+    return h["tenant"].decode(), found

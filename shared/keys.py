@@ -61,6 +61,18 @@ def rate(page_id: str) -> str:
     return f"fanout:rate:{{{page_id}}}"
 
 
+def page_state(page_id: str) -> str:
+    """A page's state across the fleet that outlives a job: ``restricted`` (Meta's 10/1893063)
+    with its reason and time. In the slot of the page's rate key."""
+    return f"fanout:page:{{{page_id}}}:state"
+
+
+def page_jobs(page_id: str) -> str:
+    """The page's jobs by creation time (a zset), so a restriction can pause every one of them
+    although they live on different shards. In the slot of the page's rate key."""
+    return f"fanout:page:{{{page_id}}}:jobs"
+
+
 def new_job_id(shard: int) -> str:
     return f"{shard}-{secrets.token_hex(12)}"
 

@@ -70,6 +70,10 @@ class JobView(msgspec.Struct, kw_only=True):
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
     callback_url: str | None
+    # Why the page's sends are held right now, while the job has not ended: "provider_outage"
+    # (the circuit breaker holds the page and probes it; it resumes by itself) or
+    # "page_restricted" (Meta's 10/1893063; a user resumes a job of the page to lift it).
+    page_hold: str | None = None
     # The completion callback once settled: "delivered", or "failed" after its last attempt.
     callback_status: Literal["delivered", "failed"] | None = None
     # What the message is: text, image, video, audio, file, button_template, generic_template,

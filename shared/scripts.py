@@ -37,3 +37,6 @@ class Scripts:
         self.release_due: AsyncScript = redis.register_script(_source("release_due"))
         self.sweep_job: AsyncScript = redis.register_script(_source("sweep_job"))
         self.forget_consumer: AsyncScript = redis.register_script(_source("forget_consumer"))
+        self.breaker: AsyncScript = redis.register_script(_source("breaker"))
+        self.page_admit: AsyncScript = redis.register_script(_source("page_admit"))
+        self.page_restrict: AsyncScript = redis.register_script(_source("page_restrict"))

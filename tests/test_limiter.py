@@ -51,7 +51,7 @@ def test_cool_down_pauses_grows_and_hint_wins(redis_server: RedisServer, r: redi
         results.append(await first.cool_down(None))  # 1 s
         results.append(await first.cool_down(None))  # known locally: no new pause
         # Another consumer of the page is refused permits while the pause lasts.
-        granted, wait_ms = await scripts.take_permits(keys=[keys.rate("9")], args=[100, 50, 5])
+        granted, wait_ms, _ = await scripts.take_permits(keys=[keys.rate("9")], args=[100, 50, 5])
         results.append(float(granted))
         results.append(float(wait_ms))
         # Throttles during the pause (requests already in flight) do not escalate it.

@@ -7,7 +7,9 @@ next is the verdict's:
 
   sent        recorded
   retry       back on the queue after full-jitter backoff and a fresh permit, until the
-              retry budget (FANOUT_MAX_ATTEMPTS) is spent; then failed with the last code
+              recipient's retry budget is spent (FANOUT_RETRY_BUDGET_S of time its page was
+              not held, or FANOUT_MAX_ATTEMPTS transient answers while the page was otherwise
+              healthy: pagehealth.py); then failed with the last code
               (when the request may have reached the provider, the resend is counted in
               doubt first)
   throttled   the page cools down fleet-wide, and the recipient is retried the same way
@@ -15,17 +17,22 @@ next is the verdict's:
   fatal       the recipient fails and the job is stopped; queued recipients of a stopped job
               are dropped (they end skipped)
   failed      recorded with the provider's code and subcode
+  restricted  Meta restricted the page: the recipient stays unsent, the page's jobs are paused
+              fleet-wide and its chunks go back to their backlogs until a user resumes
+Every answer also feeds the page's circuit breaker (pagehealth.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
 from services.consumer.limiter import PageLimiter
+from services.consumer.pagehealth import PageHealth, RetryBudget
 from services.consumer.recorder import Batch, Recorder
 from shared import messages, metrics
 from shared.classify import Decision, backoff, classify
@@ -164,10 +171,15 @@ class Senders:
         concurrency: int,
         max_attempts: int,
         on_fatal: Callable[[JobSpec, Decision], None],
+        retry_budget_s: float = 600.0,
     ) -> None:
         self.client = client
-        self.max_attempts = max_attempts
-        self.on_fatal = on_fatal
+        self.max_attempts = max_attempts  # transient answers while the page is healthy
+        self.retry_budget_s = retry_budget_s
+        self.on_fatal = on_fatal  # also told of a restricted page (verdict "restricted")
+        self._budgets: weakref.WeakKeyDictionary[ChunkWork, dict[int, RetryBudget]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self._tasks = [asyncio.create_task(self._run()) for _ in range(concurrency)]
         self._retries: set[asyncio.Task[None]] = set()
@@ -202,6 +214,10 @@ class Senders:
 
     async def _send_one(self, work: ChunkWork, index: int) -> None:
         spec = work.spec
+        health = spec.limiter.health
+        if health.restricted:
+            self._hold_back(work)
+            return
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
         chunk = work.chunk
@@ -211,6 +227,7 @@ class Senders:
             metrics.MESSAGES.labels("failed", body.code).inc()
             work.settle()
             return
+        probe = health.take_probe()
         self.in_flight.enter()
         try:
             result = await self.client.send(spec.head, body)
@@ -219,6 +236,7 @@ class Senders:
         metrics.SEND_DURATION.observe(result.seconds)
         decision = classify(result)
         verdict = decision.verdict
+        await self._weigh(health, probe, verdict == "retry", decision)
         if verdict == "sent":
             work.record_sent(index)  # counted in metrics per chunk
             work.settle()
@@ -227,18 +245,57 @@ class Senders:
             metrics.RATE_LIMITED.inc()
             self._later(work, index, self._cool_down(spec, decision))
             return
-        if verdict == "retry" and attempt < self.max_attempts:
+        if verdict == "retry" and not self._retries_spent(work, index, health):
             if result.maybe_delivered:
                 # The request went out but no verdict came back: a resend may duplicate it.
                 work.doubt(index)
             metrics.RETRIES.inc()
             self._later(work, index, asyncio.sleep(backoff(attempt)))
             return
+        if verdict == "restricted":
+            # Meta refused the page, not the person: they wait, unsent, with the rest of the
+            # page's jobs, paused until a user resumes one (the worker pauses them).
+            health.restrict()
+            self.on_fatal(spec, decision)
+            self._hold_back(work)
+            return
         work.fail(index, decision, attempt)
         metrics.MESSAGES.labels("failed", decision.code).inc()
         if verdict == "fatal":
             self.on_fatal(spec, decision)
         work.settle()
+
+    @staticmethod
+    def _hold_back(work: ChunkWork) -> None:
+        """Unsent because the page is restricted: the chunk goes back with its unfinished
+        recipients, to the backlog of its paused job."""
+        work.requeue = True
+        work.settle()
+
+    @staticmethod
+    async def _weigh(health: PageHealth, probe: bool, transient: bool, decision: Decision) -> None:
+        """Feed the page's breaker: a probe's answer closes it or keeps it open; any other
+        answer joins the page's recent ones, which may trip it. Answers to requests sent before
+        the page was held prove nothing either way: the probe decides."""
+        if probe:
+            await health.probe_answered(transient)
+        elif not health.held:
+            health.record(transient)
+            if health.should_trip():
+                await health.trip(decision.code)
+
+    def _retries_spent(self, work: ChunkWork, index: int, health: PageHealth) -> bool:
+        """The recipient's transient answers have taken its budget: in time (the page's held
+        time not counted), or in strikes while its page was otherwise healthy."""
+        now = asyncio.get_running_loop().time()
+        held_s = health.held_s(now)
+        budgets = self._budgets.get(work)
+        if budgets is None:
+            budgets = self._budgets[work] = {}
+        budget = budgets.get(index)
+        if budget is None:
+            budget = budgets[index] = RetryBudget(now, held_s)
+        return budget.spent(now, held_s, health.healthy(), self.max_attempts, self.retry_budget_s)
 
     async def _cool_down(self, spec: JobSpec, decision: Decision) -> None:
         pause_s = await spec.limiter.cool_down(decision.retry_after)

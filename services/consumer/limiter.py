@@ -3,7 +3,9 @@
 Each consumer keeps a few permits per page in hand and asks Redis for more in small batches
 (at most the burst tolerance's worth), so Redis sees one call per batch, not per message, and
 the whole fleet together never gets more than rate x window + burst permits in any window.
-When the provider says "slow down", the page's cool-down pauses every consumer's permits.
+When the provider says "slow down", the page's cool-down pauses every consumer's permits; when
+its answers turn mostly transient, its circuit breaker holds them and lets one probe through at
+a time (``pagehealth.py``); when Meta restricts the page, none are given until a user resumes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from services.consumer.pagehealth import PROBE_LEASE_MS, PageHealth
 from shared import keys
 from shared.scripts import Scripts
 
@@ -31,6 +34,15 @@ class PageLimiter:
         self.paused_until = 0.0  # loop time; a cool-down this consumer already knows of
         self.unlimited_until = 0.0  # an unlimited page asks Redis about cool-downs this often
         self._lock = asyncio.Lock()
+        self.state_key = keys.page_state(page_id)
+        # The page's health: its breaker stops permits, and its probe is one of them.
+        self.health = PageHealth(scripts, page_id)
+        self.health.on_hold = self.drop_permits
+
+    def drop_permits(self) -> None:
+        """The page is held: permits in hand are not to be used."""
+        self.in_hand = 0
+        self.unlimited_until = 0.0
 
     async def take(self, wanted: int) -> int:
         """Wait until at least one permit is ours; returns how many (1..wanted) were taken."""
@@ -43,9 +55,14 @@ class PageLimiter:
                     continue
                 if self.rate == 0 and now < self.unlimited_until:
                     return wanted
-                granted, wait_ms = await self.scripts.take_permits(
-                    keys=[self.key], args=[self.rate, self.burst_s * 1000, self.batch]
+                granted, wait_ms, state = await self.scripts.take_permits(
+                    keys=[self.key, self.state_key],
+                    args=[self.rate, self.burst_s * 1000, self.batch, PROBE_LEASE_MS],
                 )
+                self.health.learn(int(state), loop.time())
+                if int(state) == 2:  # the fleet's one probe of a held page: one send
+                    self.in_hand = 1
+                    break
                 if self.rate == 0 and granted:
                     self.unlimited_until = loop.time() + self.burst_s
                     return wanted

@@ -33,7 +33,7 @@ from services.producer.common import (
     limit_param,
     state_of,
 )
-from shared import audit
+from shared import audit, keys, pagestate
 from shared.errors import ApiError
 from shared.jobview import ENDED
 from shared.models import (
@@ -77,6 +77,7 @@ async def submit_job(request: Request) -> Response:
     else:
         message = "send the job as application/json, or multipart/form-data with a CSV"
         raise ApiError(415, "unsupported_media_type", message)
+    await _admit(state, prepared)
     committed = await jobs.commit(
         state.redis, state.scripts, prepared, state.settings.window, state.settings.retention_s
     )
@@ -102,6 +103,23 @@ async def submit_job(request: Request) -> Response:
         status_url=status_url,
     )
     return json_response(accepted, 202, {"Location": status_url})
+
+
+async def _admit(state: State, prepared: jobs.PreparedJob) -> None:
+    """409 while Meta restricts the page (10/1893063), until a user resumes one of its jobs;
+    otherwise the job is listed under its page, so a restriction found later pauses it too."""
+    page_id = prepared.fields["page_id"]
+    reason = await pagestate.admit(
+        state.scripts, page_id, prepared.job_id, state.settings.retention_s
+    )
+    if reason is None:
+        return
+    await state.redis.delete(keys.JobKeys.of(prepared.job_id).backlog)  # an upload's chunks
+    message = (
+        f"page {page_id} is restricted from sending ({reason}); resume one of its paused jobs"
+        " once Meta lifts the restriction"
+    )
+    raise ApiError(409, "page_restricted", message, "page_id")
 
 
 async def _wait_for_end(state: State, job_id: str, tenant: str, seconds: float) -> JobView | None:

@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from services.producer import jobs
 from services.producer.common import State, authenticate, json_response, limit_param, state_of
-from shared import audit, control, jobview, keys
+from shared import audit, control, jobview, keys, pagestate
 from shared.errors import ApiError
 from shared.models import JobList, JobView, json_encode
 
@@ -48,6 +48,7 @@ async def resume_job(request: Request) -> Response:
     status = await control.resume(state.scripts, k, state.settings.window)
     if status in jobview.ENDED and view.status != "paused":
         raise ApiError(409, "job_ended", f"the job has already ended ({status})")
+    await _lift_restriction(request, state, k, view.page_id)
     _audit(request, "job resumed", k, status)
     if status in jobview.ENDED:  # nothing was left to send
         await audit.job_ended(state.redis, k.job_id)
@@ -67,6 +68,22 @@ async def cancel_job(request: Request) -> Response:
 
 def _audit(request: Request, what: str, k: keys.JobKeys, result: str) -> None:
     audit.action(what, request.scope["fanout.tenant"], result, job_id=k.job_id)
+
+
+async def _lift_restriction(request: Request, state: State, k: keys.JobKeys, page_id: str) -> None:
+    """Resuming a job of a page Meta restricted (10/1893063) says the user has dealt with it:
+    the page sends again, and new jobs for it are accepted. Audit-logged: it is a person's act."""
+    lifted = await pagestate.lift_restriction(state.redis, page_id)
+    if lifted is not None:
+        tenant = authenticate(request)
+        audit.action(
+            "page restriction lifted",
+            tenant,
+            "lifted",
+            job_id=k.job_id,
+            page_id=page_id,
+            was=lifted,
+        )
 
 
 async def _reply(request: Request, state: State, k: keys.JobKeys) -> Response:

@@ -17,6 +17,7 @@ if h[1] == 'scheduled' and tonumber(h[2] or '0') > now_ms then
   next_status = 'scheduled'  -- still in the scheduled set; released when due
 end
 redis.call('HINCRBY', KEYS[4], 'paused', -1)
+redis.call('HDEL', KEYS[1], 'reason')  -- a paused job's reason said why it was paused
 if next_status ~= 'scheduled'
     and tonumber(h[7]) + tonumber(h[8]) + tonumber(h[9]) >= tonumber(h[6]) then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', now_ms)
