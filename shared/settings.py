@@ -89,6 +89,7 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     block_ms: int
     max_deliveries: int
     max_attempts: int
+    retry_budget_s: float  # of transient answers per recipient, not counting a held page's time
     request_timeout_s: float
     drain_s: float
     consumer_name: str
@@ -284,6 +285,7 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
         block_ms=env.integer("FANOUT_BLOCK_MS", 2_000, 10, 4_000),
         max_deliveries=env.integer("FANOUT_MAX_DELIVERIES", 5, 1, 1000),
         max_attempts=env.integer("FANOUT_MAX_ATTEMPTS", 5, 1, 100),
+        retry_budget_s=env.number("FANOUT_RETRY_BUDGET_S", 600.0, 1.0, 7 * 86400.0),
         request_timeout_s=env.number("FANOUT_REQUEST_TIMEOUT_S", 20.0, 0.1, 300.0),
         drain_s=env.number("FANOUT_DRAIN_S", 20.0, 0.0, 3600.0),
         consumer_name=name,

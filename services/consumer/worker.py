@@ -90,6 +90,7 @@ class Consumer:
             self.scripts, settings.rate_limit, settings.page_rate_limits, settings.rate_burst_ms
         )
         self._stopping_jobs: set[asyncio.Task[object]] = set()
+        self._restricting: set[str] = set()  # pages whose jobs this consumer is pausing
         self._senders: Senders | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -98,7 +99,11 @@ class Consumer:
         from services.consumer.reclaim import Upkeep  # a cycle otherwise: upkeep drives us
 
         self._senders = Senders(
-            self.client, self.settings.concurrency, self.settings.max_attempts, self._stop_job
+            self.client,
+            self.settings.concurrency,
+            self.settings.max_attempts,
+            self._stop_job,
+            self.settings.retry_budget_s,
         )
         await self._join_groups()
         upkeep = Upkeep(self)
@@ -353,7 +358,11 @@ class Consumer:
         return Outcome([], failures, [])
 
     def _stop_job(self, spec: JobSpec, decision: Decision) -> None:
-        """A fatal answer (the page's token is invalid): stop the job fleet-wide, once."""
+        """A fatal answer (the page's token is invalid): stop the job fleet-wide, once. A
+        restricted page: pause every job of the page instead."""
+        if decision.verdict == "restricted":
+            self._restrict_page(spec, decision)
+            return
         if spec.stopped:
             return
         spec.stopped = True
@@ -369,6 +378,33 @@ class Consumer:
     async def _fail_job(self, k: keys.JobKeys, reason: str) -> None:
         if await control.stop_job(self.scripts, k, "failed", reason):
             await audit.job_ended(self.redis, k.job_id)
+
+    def _restrict_page(self, spec: JobSpec, decision: Decision) -> None:
+        """Meta restricted the page (10/1893063): pause every job of the page fleet-wide, once
+        per consumer and restriction (the script is idempotent for the rest of the fleet)."""
+        if spec.page_id in self._restricting:
+            return
+        self._restricting.add(spec.page_id)
+        reason = f"page_restricted: Meta answered {decision.code}/{decision.subcode}"
+        reason = f"{reason}: {decision.message}"[:300]
+        log.error("page restricted; pausing its jobs", extra={"job_id": spec.job_id})
+
+        async def pause() -> bool:
+            try:
+                paused = await control.pause_page(self.scripts, spec.page_id, reason)
+                log.warning("paused the page's jobs", extra={"jobs": len(paused)})
+                return True
+            except (RedisError, OSError) as exc:
+                # The next 10/1893063 answer tries again; until then the page's permits stop
+                # only here.
+                log.warning("page not restricted yet", extra={"error": str(exc)})
+                return False
+            finally:
+                self._restricting.discard(spec.page_id)
+
+        task = asyncio.create_task(pause())
+        self._stopping_jobs.add(task)
+        task.add_done_callback(self._stopping_jobs.discard)
 
     async def _dead_letter(
         self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes, deliveries: int
