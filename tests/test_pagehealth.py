@@ -4,16 +4,21 @@ steady share of transient answers that must lose nobody."""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from conftest import PAGE, Stack, psids, wait_for
 
+# scripts/soak-pagehealth runs these with a 60 s outage and 50,000 recipients.
+OUTAGE_S = float(os.environ.get("SOAK_OUTAGE_S", "15"))
+TRANSIENT_N = int(os.environ.get("SOAK_TRANSIENT_N", "5000"))
+
 _ONE = {"page_id": PAGE, "message": {"text": "hi"}, "recipients": ["1"], "messaging_type": "UPDATE"}
 
 
-def _final(stack: Stack, job_id: str) -> dict[str, Any]:
-    job = stack.wait_done(job_id, 60)
+def _final(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    job = stack.wait_done(job_id, timeout)
     assert job["sent"] + job["failed"] + job["skipped"] == job["total"], job
     return job
 
@@ -114,7 +119,7 @@ def test_outage_holds_the_page_and_fails_nobody(stack: Stack) -> None:
     n = 6000
     job_id = stack.submit(psids(n))
     wait_for(lambda: stack.job(job_id)["sent"] >= 1500, 30, "job under way")
-    outage_s = 15
+    outage_s = OUTAGE_S
     outage_end = time.time() + outage_s
     fake.configure(outage_until=outage_end)
 
@@ -123,7 +128,7 @@ def test_outage_holds_the_page_and_fails_nobody(stack: Stack) -> None:
     during = stack.job(job_id)
     assert during["status"] == "running" and during["failed"] == 0, during
 
-    job = _final(stack, job_id)
+    job = _final(stack, job_id, 60 + outage_s)
     assert (job["status"], job["sent"], job["failed"]) == ("completed", n, 0), job
     assert job["page_hold"] is None
     stats = fake.stats()
@@ -147,8 +152,8 @@ def test_a_fifth_of_answers_transient_loses_nobody(stack: Stack) -> None:
     stack.start_producer()
     stack.start_consumer("c1")
     stack.start_consumer("c2")
-    n = 5000
-    job = _final(stack, stack.submit(psids(n)))
+    n = TRANSIENT_N
+    job = _final(stack, stack.submit(psids(n)), 60 + n / 100)
     assert (job["status"], job["sent"], job["failed"]) == ("completed", n, 0), job
     stats = fake.stats()
     assert stats["unique"] == n and stats["duplicates"] == 0, stats
