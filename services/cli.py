@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=int,
         default=0,
-        help="fleet-wide messages/s for the page, as FANOUT_RATE_LIMIT (default 0: unlimited;"
-        " Meta allows 300)",
+        help="fleet-wide messages/s for the demo's fake page, set as its FANOUT_PAGE_RATE_LIMITS"
+        " (default 0: unlimited; a real page gets FANOUT_RATE_LIMIT, default 40/s, Meta's brake)",
     )
     d.set_defaults(run=_run_demo)
     client.add_commands(sub)

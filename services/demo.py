@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from services.client import progress_line
+from shared.settings import DEFAULT_RATE_LIMIT
 
 PAGE = "1234567890"
 
@@ -113,8 +114,11 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         "FANOUT_TENANT_PAGES": f"demo={PAGE}",
         "FANOUT_METRICS_PORT": "0",  # a free port for each consumer
         "FANOUT_LOG_LEVEL": "WARNING",
-        "FANOUT_RATE_LIMIT": str(rate),
+        # The fake page's limit, set explicitly: fakegraph is no real page, so the demo may show
+        # the fleet's speed. A real page gets FANOUT_RATE_LIMIT, 40/s unless configured.
+        "FANOUT_PAGE_RATE_LIMITS": f"{PAGE}={rate}",
     }
+    env.pop("FANOUT_RATE_LIMIT", None)
     graph_port, api_port = _free_port(), _free_port()
     services.start(
         "fakegraph",
@@ -146,10 +150,11 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
     _wait(lambda: api.get("/readyz").status_code == 200, "the producer")
     _wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
     services.check_alive()
-    limit = f"{rate}/s per page" if rate else "no rate limit"
+    limit = f"{rate}/s" if rate else "no limit"
     print(
-        f"fanout demo: {consumers} consumers, {limit}, "
-        "fakegraph at 20 ms latency with 1% blocked recipients"
+        f"fanout demo: {consumers} consumers, fakegraph at 20 ms latency with 1% blocked"
+        f" recipients\nrate: the fake page {PAGE} is set to {limit} (--rate,"
+        f" FANOUT_PAGE_RATE_LIMITS); a real page gets {DEFAULT_RATE_LIMIT}/s unless configured"
     )
 
     body = {

@@ -61,6 +61,11 @@ def rate(page_id: str) -> str:
     return f"fanout:rate:{{{page_id}}}"
 
 
+def media_rate(page_id: str) -> str:
+    """Audio and video permits of a page, beside (and in the slot of) its page limit."""
+    return f"fanout:rate:{{{page_id}}}:media"
+
+
 def page_state(page_id: str) -> str:
     """A page's state across the fleet that outlives a job: ``restricted`` (Meta's 10/1893063)
     with its reason and time. In the slot of the page's rate key."""
@@ -99,6 +104,7 @@ class JobKeys(msgspec.Struct, frozen=True):
     scheduled: str  # the shard's jobs waiting for send_at
     work: str  # the shard's work stream
     dead: str  # the shard's dead-letter stream
+    upload: str  # lease of the consumer uploading the job's attachment (expires by itself)
 
     @classmethod
     def of(cls, job_id: str) -> JobKeys:
@@ -122,4 +128,5 @@ class JobKeys(msgspec.Struct, frozen=True):
             scheduled=scheduled(shard),
             work=work_stream(shard),
             dead=dead_stream(shard),
+            upload=f"{base}:upload",
         )

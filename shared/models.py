@@ -141,6 +141,7 @@ class GraphError(msgspec.Struct, kw_only=True):
 class GraphAnswer(msgspec.Struct, kw_only=True):
     recipient_id: str | None = None
     message_id: str | None = None
+    attachment_id: str | None = None  # the Attachment Upload API's answer
     error: GraphError | None = None
 
 

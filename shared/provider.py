@@ -72,10 +72,16 @@ class MessengerClient:
     ) -> None:
         self.pool = Pool(graph_url, concurrency, timeout_s, proxy)
         self.path = f"/{version}/me/messages"
+        self.upload_path = f"/{version}/me/message_attachments"
 
     def head(self, token: str) -> Head:
         """The framed request head for one page's token."""
         return self.pool.frame_post(self.path, b"Authorization: Bearer " + token.encode() + b"\r\n")
+
+    def upload_head(self, token: str) -> Head:
+        """The framed request head of the Attachment Upload API for one page's token."""
+        auth = b"Authorization: Bearer " + token.encode() + b"\r\n"
+        return self.pool.frame_post(self.upload_path, auth)
 
     async def close(self) -> None:
         await self.pool.close()

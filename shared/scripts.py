@@ -30,6 +30,8 @@ class Scripts:
         self.lease: AsyncScript = redis.register_script(_source("lease"))
         self.reclaim: AsyncScript = redis.register_script(_source("reclaim"))
         self.take_permits: AsyncScript = redis.register_script(_source("take_permits"))
+        self.upload_lease: AsyncScript = redis.register_script(_source("upload_lease"))
+        self.upload_done: AsyncScript = redis.register_script(_source("upload_done"))
         self.cool_down: AsyncScript = redis.register_script(_source("cool_down"))
         self.fail_job: AsyncScript = redis.register_script(_source("fail_job"))
         self.pause_job: AsyncScript = redis.register_script(_source("pause_job"))

@@ -21,8 +21,13 @@ from shared import proxies
 T = TypeVar("T")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-# Meta's documented Send API limit for text messages, per page.
-DEFAULT_RATE_LIMIT = 300
+# Meta brakes a Page that sends more than 40 messages/s (its inbox stops showing new
+# messages and it cannot send until the volume drops); 300 calls/s is only the API ceiling,
+# and audio and video have 10/s of their own. Both from
+# https://developers.facebook.com/documentation/business-messaging/messenger-platform/overview/rate-limiting
+DEFAULT_RATE_LIMIT = 40
+META_RATE_CEILING = 300
+DEFAULT_MEDIA_RATE_LIMIT = 10
 
 
 class SettingsError(Exception):
@@ -96,6 +101,8 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int
     rate_limit: int  # default permits/s per page, 0 = unlimited
     page_rate_limits: dict[str, int]  # per-page overrides
+    media_rate_limit: int  # audio and video permits/s per page, on top of the page's; 0 = none
+    page_media_rate_limits: dict[str, int]  # per-page overrides
     rate_burst_ms: int
     retention_s: int
     callback_secrets: dict[str, Secret]  # tenant -> HMAC key for X-Fanout-Signature
@@ -107,6 +114,23 @@ class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def rate_for(self, page_id: str) -> int:
         return self.page_rate_limits.get(page_id, self.rate_limit)
+
+    def media_rate_for(self, page_id: str) -> int:
+        return self.page_media_rate_limits.get(page_id, self.media_rate_limit)
+
+    def rate_warning(self) -> str | None:
+        """One line naming the rates above Meta's ceiling, or None. Accepted all the same (a
+        page may have an arrangement with Meta, and 0 and high rates serve fakes and
+        benchmarks), but said once at start."""
+        rates = {"FANOUT_RATE_LIMIT": self.rate_limit}
+        rates |= {f"FANOUT_PAGE_RATE_LIMITS[{p}]": v for p, v in self.page_rate_limits.items()}
+        above = [f"{name}={value}" for name, value in rates.items() if value > META_RATE_CEILING]
+        if not above:
+            return None
+        return (
+            f"{', '.join(above)}: above Meta's Send API ceiling of {META_RATE_CEILING}/s per"
+            f" page (and Meta brakes a page sending more than {DEFAULT_RATE_LIMIT} messages/s)"
+        )
 
 
 class _Env:
@@ -292,6 +316,10 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
         metrics_port=env.integer("FANOUT_METRICS_PORT", 9100, 0, 65535),
         rate_limit=env.integer("FANOUT_RATE_LIMIT", DEFAULT_RATE_LIMIT, 0, 1_000_000),
         page_rate_limits=env.rates("FANOUT_PAGE_RATE_LIMITS"),
+        media_rate_limit=env.integer(
+            "FANOUT_MEDIA_RATE_LIMIT", DEFAULT_MEDIA_RATE_LIMIT, 0, 1_000_000
+        ),
+        page_media_rate_limits=env.rates("FANOUT_PAGE_MEDIA_RATE_LIMITS"),
         rate_burst_ms=env.integer("FANOUT_RATE_BURST_MS", 50, 1, 1000),
         retention_s=env.duration_s("FANOUT_RETENTION", "7d"),
         callback_secrets=env.optional_pairs("FANOUT_CALLBACK_SECRETS"),

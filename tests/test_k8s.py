@@ -451,6 +451,14 @@ def test_the_manifests_ship_the_code_default_shard_count() -> None:
     assert int(config["data"]["FANOUT_SHARDS"]) == default
 
 
+def test_the_manifests_ship_the_code_default_rates() -> None:
+    # Meta's brake (40/s a page) and its audio/video limit (10/s), as the code's defaults.
+    default = consumer_settings({"FANOUT_PAGE_TOKENS": "1=x"})
+    data = _one(render("base"), "ConfigMap", "fanout-config")["data"]
+    assert int(data["FANOUT_RATE_LIMIT"]) == default.rate_limit == 40
+    assert int(data["FANOUT_MEDIA_RATE_LIMIT"]) == default.media_rate_limit == 10
+
+
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_each_deployment_has_one_autoscaler_and_budgets_select_pods(name: str) -> None:
     objs = render(name)

@@ -121,6 +121,37 @@ def test_consumer_settings_defaults_and_errors() -> None:
         consumer_settings({})
 
 
+def test_rate_defaults_keep_a_page_alive() -> None:
+    # Meta brakes a page above 40 msg/s; audio and video have 10/s of their own.
+    s = consumer_settings({"FANOUT_PAGE_TOKENS": "1=x"})
+    assert (s.rate_limit, s.media_rate_limit) == (40, 10)
+    assert s.rate_warning() is None
+    s = consumer_settings(
+        {
+            "FANOUT_PAGE_TOKENS": "1=x",
+            "FANOUT_RATE_LIMIT": "0",  # no limit (fakes, benchmarks): no warning
+            "FANOUT_MEDIA_RATE_LIMIT": "0",
+            "FANOUT_PAGE_MEDIA_RATE_LIMITS": "1=5",
+        }
+    )
+    assert (s.rate_limit, s.media_rate_limit) == (0, 0)
+    assert (s.media_rate_for("1"), s.media_rate_for("2")) == (5, 0)
+    assert s.rate_warning() is None
+    s = consumer_settings(
+        {
+            "FANOUT_PAGE_TOKENS": "1=x",
+            "FANOUT_RATE_LIMIT": "301",  # accepted, with one warning line
+            "FANOUT_PAGE_RATE_LIMITS": "7=1000,8=300",
+        }
+    )
+    assert s.rate_limit == 301 and s.rate_for("7") == 1000
+    warning = s.rate_warning()
+    assert warning is not None and "\n" not in warning
+    assert warning.startswith("FANOUT_RATE_LIMIT=301, FANOUT_PAGE_RATE_LIMITS[7]=1000: above")
+    with pytest.raises(SettingsError, match="FANOUT_MEDIA_RATE_LIMIT='x' is not an integer"):
+        consumer_settings({"FANOUT_PAGE_TOKENS": "1=x", "FANOUT_MEDIA_RATE_LIMIT": "x"})
+
+
 def test_cli_prints_one_line_naming_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
     import os
 

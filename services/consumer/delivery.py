@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-from services.consumer.limiter import PageLimiter
+from services.consumer.limiter import Permits
 from services.consumer.pagehealth import PageHealth, RetryBudget
 from services.consumer.recorder import Batch, Recorder
 from shared import messages, metrics
@@ -62,7 +62,7 @@ class JobSpec:
         keys: JobKeys,
         page_id: str,
         head: Head,
-        limiter: PageLimiter,
+        limiter: Permits,
         message: Message,
         messaging_type: str,
         tag: str | None,

@@ -6,12 +6,19 @@ the whole fleet together never gets more than rate x window + burst permits in a
 When the provider says "slow down", the page's cool-down pauses every consumer's permits; when
 its answers turn mostly transient, its circuit breaker holds them and lets one probe through at
 a time (``pagehealth.py``); when Meta restricts the page, none are given until a user resumes.
+
+Audio and video take a permit from the page's media limit (10/s by default) and then one from
+the page's own limit (``MediaLimiter``): two calls rather than one script over both keys,
+because a GCRA's state is a single time, so a permit reserved on the page for when the media
+permit comes due (seconds ahead) would either queue the page's text behind it or be used late
+and outrun the page's rate. Taken in turn, each permit is reserved for when it is used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from services.consumer.pagehealth import PROBE_LEASE_MS, PageHealth
 from shared import keys
@@ -23,10 +30,22 @@ _COOL_BASE_MS = 1_000
 _COOL_CAP_MS = 15 * 60 * 1000
 
 
+class Permits(Protocol):
+    """What a job's senders pace themselves with."""
+
+    health: PageHealth
+
+    async def take(self, wanted: int) -> int: ...
+
+    async def cool_down(self, hint_s: float | None) -> float | None: ...
+
+
 class PageLimiter:
-    def __init__(self, scripts: Scripts, page_id: str, rate: int, burst_ms: int) -> None:
+    def __init__(
+        self, scripts: Scripts, page_id: str, rate: int, burst_ms: int, key: str | None = None
+    ) -> None:
         self.scripts = scripts
-        self.key = keys.rate(page_id)
+        self.key = key or keys.rate(page_id)
         self.rate = rate
         self.burst_s = burst_ms / 1000
         self.batch = max(1, rate * burst_ms // 1000)
@@ -91,13 +110,45 @@ class PageLimiter:
         return left_ms / 1000
 
 
+class MediaLimiter:
+    """Audio and video: a permit of the page's media limit, then one of the page's limit."""
+
+    def __init__(self, media: PageLimiter, page: PageLimiter) -> None:
+        self.media = media
+        self.page = page
+        self.health = page.health  # the breaker and the restriction are the page's
+
+    async def take(self, wanted: int) -> int:
+        # The scarcer limit first, so the page's permits are never held waiting for it.
+        media = await self.media.take(wanted)
+        taken = await self.page.take(media)
+        self.media.in_hand += media - taken  # still ours: the next take uses them
+        return taken
+
+    async def cool_down(self, hint_s: float | None) -> float | None:
+        # Meta's answer does not say which limit it meant: pause the page (media included).
+        self.media.in_hand = 0
+        return await self.page.cool_down(hint_s)
+
+
 class Limiters:
-    def __init__(self, scripts: Scripts, default_rate: int, rates: dict[str, int], burst_ms: int):
+    def __init__(
+        self,
+        scripts: Scripts,
+        default_rate: int,
+        rates: dict[str, int],
+        burst_ms: int,
+        media_rate: int = 0,
+        media_rates: dict[str, int] | None = None,
+    ):
         self.scripts = scripts
         self.default_rate = default_rate
         self.rates = rates
         self.burst_ms = burst_ms
+        self.media_rate = media_rate
+        self.media_rates = media_rates or {}
         self._pages: dict[str, PageLimiter] = {}
+        self._media: dict[str, MediaLimiter] = {}
 
     def for_page(self, page_id: str) -> PageLimiter:
         limiter = self._pages.get(page_id)
@@ -105,4 +156,17 @@ class Limiters:
             rate = self.rates.get(page_id, self.default_rate)
             limiter = PageLimiter(self.scripts, page_id, rate, self.burst_ms)
             self._pages[page_id] = limiter
+        return limiter
+
+    def for_message(self, page_id: str, media: bool) -> Permits:
+        """The page's limiter; for audio and video, its media limit as well (unless 0)."""
+        rate = self.media_rates.get(page_id, self.media_rate)
+        if not media or rate == 0:
+            return self.for_page(page_id)
+        limiter = self._media.get(page_id)
+        if limiter is None:
+            media_key = keys.media_rate(page_id)
+            own = PageLimiter(self.scripts, page_id, rate, self.burst_ms, key=media_key)
+            limiter = MediaLimiter(own, self.for_page(page_id))
+            self._media[page_id] = limiter
         return limiter

@@ -18,6 +18,9 @@ log = logging.getLogger("fanout.consumer")
 
 async def serve(settings: ConsumerSettings, probe_socket: socket.socket) -> None:
     """``probe_socket`` comes from ``health.bind``, bound before anything else started."""
+    warning = settings.rate_warning()
+    if warning:
+        log.warning(warning)
     redis = await open_redis(settings.redis_url, settings.redis_cluster)
     consumer = Consumer(settings, redis)
     loop = asyncio.get_running_loop()

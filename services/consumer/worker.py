@@ -5,8 +5,8 @@ run()
   │           holds leave room for more recipients than ``concurrency`` (no hoarding)
   ├── one task per chunk: begin (ledger) -> senders -> finish (ledger, ack, release next)
   ├── upkeep: renew the leases of held chunks; XAUTOCLAIM idle ones (reclaim.py)
-  └── stop(): stop reading, let held chunks finish until the drain deadline, put the
-              rest back in their streams as new entries (read at once by the fleet), close
+  └── stop(): stop reading, let held chunks finish until the drain deadline, hand the
+              rest back for immediate reclaim, close clients
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import logging
 from functools import partial
 from typing import cast
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from services.consumer import ledger
+from services.consumer.attachments import Uploads, is_media
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
 from services.consumer.recorder import Recorder
@@ -34,6 +34,7 @@ from shared.settings import ConsumerSettings
 log = logging.getLogger("fanout.consumer")
 
 _SPEC_CACHE_MAX = 1024
+_HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM takes it
 _SENT = metrics.MESSAGES.labels("sent", "")
 _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configured for the page")
 
@@ -41,12 +42,11 @@ _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configur
 class Held:
     """A chunk entry this consumer holds, from read (or reclaim) until finished."""
 
-    __slots__ = ("entry_id", "payload", "recipients", "shard", "task", "waiting", "work")
+    __slots__ = ("entry_id", "recipients", "shard", "task", "waiting", "work")
 
-    def __init__(self, shard: int, entry_id: bytes, payload: bytes, recipients: int) -> None:
+    def __init__(self, shard: int, entry_id: bytes, recipients: int) -> None:
         self.shard = shard
         self.entry_id = entry_id
-        self.payload = payload
         self.recipients = recipients
         self.task: asyncio.Task[None] | None = None
         self.work: ChunkWork | None = None
@@ -88,8 +88,14 @@ class Consumer:
         # generous bound, so many throttled jobs cannot shut out the rest, yet no hoarding.
         self._max_held = settings.concurrency // 100 + 64
         self._limiters = Limiters(
-            self.scripts, settings.rate_limit, settings.page_rate_limits, settings.rate_burst_ms
+            self.scripts,
+            settings.rate_limit,
+            settings.page_rate_limits,
+            settings.rate_burst_ms,
+            settings.media_rate_limit,
+            settings.page_media_rate_limits,
         )
+        self._uploads = Uploads(self.scripts, self.client, self.name, settings.request_timeout_s)
         self._stopping_jobs: set[asyncio.Task[object]] = set()
         self._restricting: set[str] = set()  # pages whose jobs this consumer is pausing
         self._senders: Senders | None = None
@@ -143,39 +149,27 @@ class Consumer:
             log.info("draining", extra={"chunks": len(tasks), "deadline_s": self.settings.drain_s})
             _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
             if pending:
-                leftovers = list(self.held.values())
+                await self._hand_back()
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-                await self._hand_back(leftovers)
 
-    async def _hand_back(self, leftovers: list[Held]) -> None:
-        """Chunks that could not finish in time go back to the fleet at once: what they got is
-        recorded, and the entry is put back in its stream as a new one (the finish script's
-        requeue), which a blocking reader elsewhere receives immediately; a paused job's goes
-        back to its backlog. Recipients still in flight here are attempted-but-unfinished, so
-        their next holder counts them in doubt. Only if Redis refuses does an entry wait for a
-        lease to lapse."""
-        handed = 0
-        for held in leftovers:
+    async def _hand_back(self) -> None:
+        """Chunks that could not finish in time go back for immediate reclaim by others."""
+        by_shard: dict[int, list[bytes]] = {}
+        for held in self.held.values():
+            by_shard.setdefault(held.shard, []).append(held.entry_id)
+        for shard, ids in by_shard.items():
             try:
-                chunk = chunk_decoder.decode(held.payload)
-                outcome = held.work.outcome() if held.work else Outcome([], [], [])
-                finished = await ledger.finish(
-                    self.scripts,
-                    keys.JobKeys.of(chunk.job),
-                    held.entry_id,
-                    outcome,
-                    payload=held.payload,
-                    requeue=True,
+                await self.scripts.lease(
+                    keys=[keys.work_stream(shard)],
+                    args=[keys.GROUP, self.name, _HAND_BACK_IDLE_MS, *ids],
                 )
-                handed += finished.acked
-            except (RedisError, OSError, msgspec.MsgspecError) as exc:
+            except RedisError as exc:
                 log.warning(
-                    "hand back failed; the entry waits for its lease",
-                    extra={"entry": held.entry_id.decode(), "error": str(exc)},
+                    "hand back failed; entries wait for the lease", extra={"error": str(exc)}
                 )
-        log.info("handed back", extra={"chunks": handed})
+        log.info("handed back", extra={"chunks": len(self.held)})
 
     # --- reading --------------------------------------------------------------------------
 
@@ -240,7 +234,7 @@ class Consumer:
         if (shard, entry_id) in self.held:
             return
         payload = fields.get(b"c", b"")
-        held = Held(shard, entry_id, payload, self._chunk_size_seen)
+        held = Held(shard, entry_id, self._chunk_size_seen)
         self.held[(shard, entry_id)] = held
         held.task = asyncio.create_task(self._handle(held, payload, deliveries))
 
@@ -341,18 +335,21 @@ class Consumer:
         if token is None:
             log.error("no page token for the job's page", extra={"job_id": k.job_id})
             return None
+        # An attachment by URL is uploaded once for the job, and sent by its id.
+        message = await self._uploads.prepare(k, token.reveal(), fields.message)
         if len(self._specs) >= _SPEC_CACHE_MAX:
             self._specs.clear()
         spec = JobSpec(
             k,
             fields.page_id,
             self.client.head(token.reveal()),
-            self._limiters.for_page(fields.page_id),
-            fields.message,
+            self._limiters.for_message(fields.page_id, is_media(fields.message)),
+            message or fields.message,
             fields.messaging_type,
             fields.tag,
             fields.personal,
         )
+        spec.stopped = message is None  # the job ended, or its attachment could not be uploaded
         self._specs[k.job_id] = spec
         return spec
 
