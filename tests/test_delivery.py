@@ -8,6 +8,7 @@ accounted for by the job's ``indoubt`` count.
 from __future__ import annotations
 
 import signal
+import time
 
 from conftest import PAGE, Stack, psids, wait_for
 
@@ -145,6 +146,47 @@ def test_sigterm_drains_in_flight_work_and_exits_0(stack: Stack) -> None:
     stack.start_consumer("after")
     job = stack.wait_done(job_id, 60)
     assert_exact(stack, job, 3000)
+
+
+def test_what_a_draining_consumer_hands_back_is_taken_by_the_fleet_within_a_second(
+    stack: Stack,
+) -> None:
+    # A page paced at 40/s: chunks wait for permits far longer than the drain deadline, and
+    # leases (30 s) are far longer than the test, so only the hand-back can move the chunks.
+    stack.start_fakegraph("--latency-ms", "50")
+    stack.start_producer()
+    paced = {"FANOUT_RATE_LIMIT": "40", "FANOUT_CLAIM_IDLE_MS": "30000"}
+    leaving = stack.start_consumer("leaving", FANOUT_DRAIN_S="0.3", **paced)
+    job_id = stack.submit(psids(400))
+    wait_for(lambda: stack.job(job_id)["sent"] > 0, 30, "delivery under way")
+    streams = [keys.work_stream(s) for s in range(2)]
+
+    def held_by(name: str) -> int:
+        return sum(
+            len(stack.r.xpending_range(s, keys.GROUP, "-", "+", 100, name)) for s in streams
+        )
+
+    assert held_by("leaving") > 0
+    staying = stack.start_consumer("staying", **paced)
+    wait_for(lambda: "consumer started" in staying.output(), 15, "the second consumer")
+    leaving.signal(signal.SIGTERM)
+    assert leaving.wait(30) == 0
+    exited = time.monotonic()
+    assert held_by("leaving") == 0  # nothing left under the stopped consumer's name
+
+    def all_taken() -> bool:
+        lag = sum(int(g["lag"] or 0) for s in streams for g in stack.r.xinfo_groups(s))
+        return lag == 0 and held_by("staying") > 0
+
+    wait_for(all_taken, 5, "the staying consumer to take the handed-back chunks")
+    took = time.monotonic() - exited
+    print(f"handed-back chunks taken {took:.2f} s after the exit")
+    assert took < 1.0, took
+    job = stack.wait_done(job_id, 60)
+    assert stack.fake is not None
+    stats = stack.fake.stats()
+    assert job["status"] == "completed" and job["sent"] == 400 == stats["unique"]
+    assert stats["duplicates"] <= job["indoubt"], (stats, job)
 
 
 def test_a_chunk_past_max_deliveries_goes_to_the_dead_stream(stack: Stack) -> None:

@@ -5,8 +5,8 @@ run()
   │           holds leave room for more recipients than ``concurrency`` (no hoarding)
   ├── one task per chunk: begin (ledger) -> senders -> finish (ledger, ack, release next)
   ├── upkeep: renew the leases of held chunks; XAUTOCLAIM idle ones (reclaim.py)
-  └── stop(): stop reading, let held chunks finish until the drain deadline, hand the
-              rest back for immediate reclaim, close clients
+  └── stop(): stop reading, let held chunks finish until the drain deadline, put the
+              rest back in their streams as new entries (read at once by the fleet), close
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 from functools import partial
 from typing import cast
 
+import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -34,7 +35,6 @@ from shared.settings import ConsumerSettings
 log = logging.getLogger("fanout.consumer")
 
 _SPEC_CACHE_MAX = 1024
-_HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM takes it
 _SENT = metrics.MESSAGES.labels("sent", "")
 _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configured for the page")
 
@@ -42,11 +42,12 @@ _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configur
 class Held:
     """A chunk entry this consumer holds, from read (or reclaim) until finished."""
 
-    __slots__ = ("entry_id", "recipients", "shard", "task", "waiting", "work")
+    __slots__ = ("entry_id", "payload", "recipients", "shard", "task", "waiting", "work")
 
-    def __init__(self, shard: int, entry_id: bytes, recipients: int) -> None:
+    def __init__(self, shard: int, entry_id: bytes, payload: bytes, recipients: int) -> None:
         self.shard = shard
         self.entry_id = entry_id
+        self.payload = payload
         self.recipients = recipients
         self.task: asyncio.Task[None] | None = None
         self.work: ChunkWork | None = None
@@ -149,27 +150,39 @@ class Consumer:
             log.info("draining", extra={"chunks": len(tasks), "deadline_s": self.settings.drain_s})
             _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
             if pending:
-                await self._hand_back()
+                leftovers = list(self.held.values())
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+                await self._hand_back(leftovers)
 
-    async def _hand_back(self) -> None:
-        """Chunks that could not finish in time go back for immediate reclaim by others."""
-        by_shard: dict[int, list[bytes]] = {}
-        for held in self.held.values():
-            by_shard.setdefault(held.shard, []).append(held.entry_id)
-        for shard, ids in by_shard.items():
+    async def _hand_back(self, leftovers: list[Held]) -> None:
+        """Chunks that could not finish in time go back to the fleet at once: what they got is
+        recorded, and the entry is put back in its stream as a new one (the finish script's
+        requeue), which a blocking reader elsewhere receives immediately; a paused job's goes
+        back to its backlog. Recipients still in flight here are attempted-but-unfinished, so
+        their next holder counts them in doubt. Only if Redis refuses does an entry wait for a
+        lease to lapse."""
+        handed = 0
+        for held in leftovers:
             try:
-                await self.scripts.lease(
-                    keys=[keys.work_stream(shard)],
-                    args=[keys.GROUP, self.name, _HAND_BACK_IDLE_MS, *ids],
+                chunk = chunk_decoder.decode(held.payload)
+                outcome = held.work.outcome() if held.work else Outcome([], [], [])
+                finished = await ledger.finish(
+                    self.scripts,
+                    keys.JobKeys.of(chunk.job),
+                    held.entry_id,
+                    outcome,
+                    payload=held.payload,
+                    requeue=True,
                 )
-            except RedisError as exc:
+                handed += finished.acked
+            except (RedisError, OSError, msgspec.MsgspecError) as exc:
                 log.warning(
-                    "hand back failed; entries wait for the lease", extra={"error": str(exc)}
+                    "hand back failed; the entry waits for its lease",
+                    extra={"entry": held.entry_id.decode(), "error": str(exc)},
                 )
-        log.info("handed back", extra={"chunks": len(self.held)})
+        log.info("handed back", extra={"chunks": handed})
 
     # --- reading --------------------------------------------------------------------------
 
@@ -234,7 +247,7 @@ class Consumer:
         if (shard, entry_id) in self.held:
             return
         payload = fields.get(b"c", b"")
-        held = Held(shard, entry_id, self._chunk_size_seen)
+        held = Held(shard, entry_id, payload, self._chunk_size_seen)
         self.held[(shard, entry_id)] = held
         held.task = asyncio.create_task(self._handle(held, payload, deliveries))
 
