@@ -61,6 +61,8 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
     api.get(f"/v1/jobs/{job['job_id']}/errors")
     api.get("/v1/jobs/0-000000000000000000000000")
     api.get("/no/such/path")
+    # The job has ended: its event stream sends the end at once. Counted, not timed.
+    assert "event: end" in api.get(f"/v1/jobs/{job['job_id']}/events").text
     # A second job with nobody consuming it: lag as KEDA would read it.
     stack.consumers[0].stop()
     waiting = stack.submit(psids(1000, offset=10_000))
@@ -87,6 +89,10 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
         r'fanout_http_requests_total\{method="GET",' + re.escape(route) + r"\} 1\.0", text
     )
     assert 'route="other"' in text
+    events = 'route="/v1/jobs/{job_id}/events"'
+    assert re.search(r"fanout_http_requests_total\{[^}]*" + re.escape(events), text)
+    assert f"fanout_http_request_duration_seconds_count{{{events}}}" not in text
+    assert "fanout_sse_streams 0.0" in text  # opened and closed
     assert job["job_id"] not in text and waiting not in text  # ids never become labels
     assert PAGE_TOKEN not in text and "10000000001" not in text
 
