@@ -24,7 +24,7 @@ from services.consumer import ledger
 from services.consumer.attachments import Uploads, is_media
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
-from services.consumer.recorder import Recorder
+from services.consumer.recorder import FLUSH_AT, Recorder
 from shared import audit, control, keys, metrics
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
@@ -334,7 +334,8 @@ class Consumer:
         if recorder is None:
             if len(self._recorders) >= _SPEC_CACHE_MAX:
                 self._recorders = {j: r for j, r in self._recorders.items() if not r.idle()}
-            recorder = self._recorders[k.job_id] = Recorder(self.scripts, k)
+            flush_at = max(1, min(FLUSH_AT, self.settings.concurrency // 4))
+            recorder = self._recorders[k.job_id] = Recorder(self.scripts, k, flush_at=flush_at)
         return recorder
 
     async def _spec(self, k: keys.JobKeys) -> JobSpec | None:
