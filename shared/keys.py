@@ -52,6 +52,26 @@ def idempotency(shard: int, tenant: str, key: str) -> str:
 CALLBACK_GROUP = "callbacks"
 
 
+def inbox(shard: int) -> str:
+    """Meta's webhook POSTs as received (raw, still signed), for the consumers' group
+    INBOX_GROUP; the shard is the page's, so one page's events keep one stream's order."""
+    return f"fanout:{{{shard}}}:inbox"
+
+
+INBOX_GROUP = "events"
+
+
+def receipts(page_id: str, bucket: int) -> str:
+    """One bucket of a page's receipt correlation: packed 16-byte records of the messages sent
+    and not yet read (see services/consumer/receipts.py). In the page's slot."""
+    return f"fanout:page:{{{page_id}}}:rx:{bucket}"
+
+
+def receipt_jobs(page_id: str) -> str:
+    """The page's job references for receipt records (a small number per job, both ways)."""
+    return f"fanout:page:{{{page_id}}}:rxjobs"
+
+
 def job_stats(shard: int) -> str:
     """How many of the shard's jobs are in each status (for the fanout_jobs gauge)."""
     return f"fanout:{{{shard}}}:jobstats"
@@ -76,6 +96,27 @@ def page_jobs(page_id: str) -> str:
     """The page's jobs by creation time (a zset), so a restriction can pause every one of them
     although they live on different shards. In the slot of the page's rate key."""
     return f"fanout:page:{{{page_id}}}:jobs"
+
+
+def window_bucket(page_id: str, bucket: int) -> str:
+    """One of a page's window buckets: a small hash PSID -> last interaction (unix seconds),
+    kept small enough for Redis's listpack encoding (see shared/window.py)."""
+    return f"fanout:page:{{{page_id}}}:win:{bucket}"
+
+
+def window_heard(page_id: str) -> str:
+    """When the page's webhooks started flowing (``first``) and the newest event (``last``)."""
+    return f"fanout:page:{{{page_id}}}:heard"
+
+
+def suppressions(page_id: str) -> str:
+    """The page's suppressed PSIDs: a hash PSID -> "code time_ms"."""
+    return f"fanout:page:{{{page_id}}}:supp"
+
+
+def suppression_index(page_id: str) -> str:
+    """The same PSIDs in a zset of equal scores, for listing in order with a cursor."""
+    return f"fanout:page:{{{page_id}}}:supp:index"
 
 
 def new_job_id(shard: int) -> str:
@@ -104,6 +145,8 @@ class JobKeys(msgspec.Struct, frozen=True):
     scheduled: str  # the shard's jobs waiting for send_at
     work: str  # the shard's work stream
     dead: str  # the shard's dead-letter stream
+    delivered: str  # receipt bitmaps, bit i = recipient position i (Meta's watermarks)
+    read: str
     upload: str  # lease of the consumer uploading the job's attachment (expires by itself)
 
     @classmethod
@@ -128,5 +171,7 @@ class JobKeys(msgspec.Struct, frozen=True):
             scheduled=scheduled(shard),
             work=work_stream(shard),
             dead=dead_stream(shard),
+            delivered=f"{base}:delivered",
+            read=f"{base}:read",
             upload=f"{base}:upload",
         )
