@@ -230,7 +230,7 @@ class Consumer:
             except (RedisError, OSError) as exc:
                 log.warning("read failed; retrying", extra={"shard": shard, "error": str(exc)})
                 await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff_s = min(backoff_s * 2, 1.0)  # read again within ~1 s of Redis
                 continue
             for _, entries in replies or []:
                 for entry_id, fields in entries:
