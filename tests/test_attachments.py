@@ -3,12 +3,21 @@ end: real redis-server, fakegraph, producer and consumers as processes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
-from conftest import PAGE, Stack, psids, wait_for
+import redis
+from conftest import PAGE, PAGE_TOKEN, Stack, psids, wait_for
 
-from shared import keys
+from services.consumer import attachments
+from services.consumer.attachments import Uploads
+from services.consumer.limiter import Limiters
+from shared import keys, messages
+from shared.models import Message
+from shared.provider import MessengerClient
+from shared.redisconn import connect
+from shared.scripts import Scripts
 
 IMAGE_URL = "https://cdn.example/launch/cat.jpg"
 VIDEO_URL = "https://cdn.example/launch/clip.mp4"
@@ -134,3 +143,94 @@ def test_rate_above_meta_ceiling_is_accepted_with_one_warning(stack: Stack) -> N
     quiet = stack.start_consumer("c2", FANOUT_RATE_LIMIT="0")
     wait_for(lambda: "consumer started" in quiet.output(), 20, "the consumer to start")
     assert "ceiling" not in quiet.output()
+
+
+# ---- the pieces on a real Redis (and fakegraph as a process) ----
+
+MEDIA_MESSAGE = messages.decode(
+    b'{"attachment": {"type": "video", "payload": {"url": "https://cdn.example/v.mp4"}}}'
+)
+
+
+def running_job(r: redis.Redis, shard: int = 0) -> keys.JobKeys:
+    k = keys.JobKeys.of(keys.new_job_id(shard))
+    r.hset(k.hash, mapping={"status": "running", "page_id": PAGE})
+    return k
+
+
+def test_one_upload_however_many_ask_and_a_dead_holders_lease_lapses(stack: Stack) -> None:
+    fake = stack.start_fakegraph()
+    r = stack.r
+    k = running_job(r)
+    # A consumer that died while uploading: its lease lapses after 1.5 s.
+    r.set(k.upload, "dead-consumer:1", px=1500)
+
+    async def main() -> tuple[list[Message | None], float]:
+        client = connect(stack.redis_server.url)
+        scripts = Scripts(client)
+        graph = MessengerClient(fake.url, "v21.0", 8, 5.0)
+        uploads = [Uploads(scripts, graph, f"c{i}", 5.0) for i in range(3)]
+        started = time.monotonic()
+        # Three consumers, two chunks each, all at once.
+        asks = [u.prepare(k, PAGE_TOKEN, MEDIA_MESSAGE) for u in uploads for _ in range(2)]
+        results = await asyncio.gather(*asks)
+        elapsed = time.monotonic() - started
+        await graph.close()
+        await client.aclose()
+        return results, elapsed
+
+    results, elapsed = asyncio.run(main())
+    print(f"\ntaken over from a dead uploader after {elapsed:.2f}s (its lease: 1.5 s)")
+    attachment_id = r.hget(k.hash, "attachment_id")
+    assert attachment_id is not None
+    expected = attachments.by_id(MEDIA_MESSAGE, attachment_id.decode())
+    assert results == [expected] * 6
+    assert messages.encode(expected) == (
+        b'{"attachment":{"type":"video","payload":{"attachment_id":"' + attachment_id + b'"}}}'
+    )
+    assert seen(stack)["uploads"] == 1
+    assert 1.4 <= elapsed < 4.0, elapsed  # waited for the lease, polling at most 1 s apart
+    assert not r.exists(k.upload)
+
+
+def test_media_permits_hold_10_per_second_without_holding_back_the_pages_text(
+    redis_server: Any,
+) -> None:
+    async def main() -> tuple[list[float], int, float]:
+        client = connect(redis_server.url)
+        scripts = Scripts(client)
+        # Two consumers of one page: 40/s for the page, 10/s more for its audio and video.
+        fleet = [Limiters(scripts, 40, {}, 50, 10) for _ in range(2)]
+        media_times: list[float] = []
+        text = 0
+        start = time.monotonic()
+
+        async def video(limiters: Limiters) -> None:
+            limiter = limiters.for_message("5", media=True)
+            while time.monotonic() - start < 2.0:
+                for _ in range(await limiter.take(5)):
+                    media_times.append(time.monotonic())
+
+        async def texts(limiters: Limiters) -> None:
+            nonlocal text
+            limiter = limiters.for_message("5", media=False)
+            while time.monotonic() - start < 2.0:
+                got = await limiter.take(20)  # not `text += await`: that loses updates
+                text += got
+
+        await asyncio.gather(*(f(lim) for lim in fleet for f in (video, texts)))
+        elapsed = time.monotonic() - start
+        await client.aclose()
+        return media_times, text, elapsed
+
+    media_times, text, elapsed = asyncio.run(main())
+    most = most_in_any_second(media_times)
+    print(
+        f"\n{elapsed:.2f}s: {len(media_times)} media permits (most in any 1 s: {most}),"
+        f" {text} text permits on the same 40/s page"
+    )
+    assert most <= 11, most  # 10 in any [t, t + 1 s) at the permit level, + the window's edge
+    assert len(media_times) <= 10 * elapsed + 2
+    # Media permits also count against the page: together they stay within 40/s + a batch.
+    assert len(media_times) + text <= 40 * elapsed + 2 + 2 * 2
+    assert text >= 40 * elapsed - len(media_times) - 15  # text is not queued behind the media
