@@ -59,12 +59,16 @@ Local stand-in for the Messenger Send API (POST /{version}/me/messages and
 /{version}/{page_id}/messages). Answers success, or Graph-shaped errors on demand:
 190 bad/revoked token, 100 bad body, 100/1893061 a retired message tag, 613 rate limit,
 HTTP 500 code 2, 551 blocked, an outage (HTTP 503 code 2), a restricted page (10/1893063),
-the 24 h window (10/2018278).
+the 24 h window (10/2018278), audio/video beyond --media-rate-limit (613). The Attachment
+Upload API: POST /{version}/me/message_attachments answers {"attachment_id"}; a send by
+attachment_id needs one uploaded for its page.
 Test hooks: GET /_fake/stats, GET /_fake/delivered, POST /_fake/reset,
 GET /_fake/texts and GET /_fake/bodies (per PSID, the last text and the last body sent),
 GET|POST /_fake/config (JSON subset of the options below, live; also outage_until),
 GET|POST /_fake/window ({"<psid>": <Unix time of their last message>}),
-GET /_fake/refused (per code/subcode, per PSID: what the knobs refused).
+GET /_fake/refused (per code/subcode, per PSID: what the knobs refused),
+GET /_fake/attachments (uploads, URL fetches, sends per attachment_id, audio/video times;
+upload_fail and upload_fail_times make uploads fail, through /_fake/config).
 Runs until SIGINT/SIGTERM; prints one JSON line saying where it listens."""
 
 
@@ -130,6 +134,14 @@ def _argument_parser() -> argparse.ArgumentParser:
         "(default: 0 = no limit)",
     )
     add(
+        "--media-rate-limit",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="per page, answer 613 to audio and video sends beyond N in one wall-clock second "
+        "(default: 10, Meta's limit; 0 = no limit)",
+    )
+    add(
         "--tokens",
         default=None,
         metavar="PAGE=TOKEN,...",
@@ -178,6 +190,7 @@ def _config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> F
         blocked_rate=args.blocked_rate,
         blocked=[p.strip() for p in args.blocked.split(",") if p.strip()],
         rate_limit=args.rate_limit,
+        media_rate_limit=args.media_rate_limit,
         tokens=tokens,
         revoked=args.revoked,
         seed=args.seed,
