@@ -69,6 +69,9 @@ GET|POST /_fake/window ({"<psid>": <Unix time of their last message>}),
 GET /_fake/refused (per code/subcode, per PSID: what the knobs refused),
 GET /_fake/attachments (uploads, URL fetches, sends per attachment_id, audio/video times;
 upload_fail and upload_fail_times make uploads fail, through /_fake/config).
+Answers gone bad after the message was delivered, each a fraction of deliveries, through
+/_fake/config: html_502_rate (a proxy's HTML 502), garbled_200_rate (200, not JSON),
+cut_rate (connection closed mid-answer), hang_rate (no answer at all).
 Runs until SIGINT/SIGTERM; prints one JSON line saying where it listens."""
 
 
