@@ -22,43 +22,60 @@ def _health() -> PageHealth:
 
 def test_trips_only_when_answers_turn_mostly_transient() -> None:
     health = _health()
-    for _ in range(40):
-        health.record(False)
-    for _ in range(19):
-        health.record(True)
+    for n in range(40):
+        health.record(False, True, f"ok{n}")
+    for n in range(19):
+        health.record(True, True, f"p{n}")
     assert not health.should_trip()  # 19 of 50: not mostly, and below the minimum count
-    for _ in range(6):
-        health.record(True)
+    for n in range(6):
+        health.record(True, True, f"q{n}")
     assert health.should_trip()  # 25 of the last 50
 
 
-@pytest.mark.parametrize(("transient", "healthy"), [(0, True), (4, True), (5, False), (30, False)])
-def test_healthy_needs_enough_answers_and_few_transient(transient: int, healthy: bool) -> None:
+def test_a_few_people_answered_code_2_again_and_again_do_not_trip() -> None:
     health = _health()
-    for _ in range(50 - transient):
-        health.record(False)
+    for n in range(50):
+        health.record(True, False, f"blocked{n % 9}")  # nine people, all transient
+    assert not health.should_trip()
+    health.record(True, False, "a tenth")
+    assert health.should_trip()
+
+
+@pytest.mark.parametrize(("transient", "healthy"), [(0, True), (4, True), (5, False), (30, False)])
+def test_healthy_needs_enough_first_answers_and_few_transient(
+    transient: int, healthy: bool
+) -> None:
+    health = _health()
+    for _ in range(100 - transient):
+        health.record(False, True, "x")
     for _ in range(transient):
-        health.record(True)
+        health.record(True, True, "y")
+    for _ in range(40):  # retries of a few recipients (code 2 again and again) do not count
+        health.record(True, False, "z")
     assert health.healthy() is healthy
     fresh = _health()
-    fresh.record(False)
+    fresh.record(False, True, "x")
     assert not fresh.healthy()  # one answer says nothing about the page
 
 
-def test_budget_strikes_only_on_a_healthy_page() -> None:
-    budget = RetryBudget(now=0.0, held_s=0.0)
-    assert not any(budget.spent(t, 0.0, False, 5, 600.0) for t in range(1, 100))
-    assert [budget.spent(100.0 + i, 0.0, True, 5, 600.0) for i in range(5)] == [
-        *([False] * 4),
-        True,
-    ]
+def test_budget_strikes_only_while_the_page_is_otherwise_healthy() -> None:
+    budget = RetryBudget(now=0.0, held_s=0.0, answered=0)
+    # An unhealthy page: no strikes, only time counts.
+    assert not any(budget.spent(t, 0.0, False, t, 5, 600.0) for t in range(1, 100))
+    # Healthy, but nobody else got an answer since: not a strike either.
+    assert not any(budget.spent(100.0 + i, 0.0, True, 99, 5, 600.0) for i in range(10))
+    # Healthy and others answered in between: five strikes and out.
+    strikes = [budget.spent(200.0 + i, 0.0, True, 100 + i, 5, 600.0) for i in range(5)]
+    assert strikes == [False, False, False, False, True]
 
 
 def test_budget_in_time_does_not_count_the_held_time() -> None:
-    budget = RetryBudget(now=10.0, held_s=3.0)
+    budget = RetryBudget(now=10.0, held_s=3.0, answered=0)
     # 700 s later, of which 650 s the page was held: 50 s spent of 600.
-    assert not budget.spent(710.0, 653.0, False, 5, 600.0)
-    assert budget.spent(710.0, 100.0, False, 5, 600.0)  # held only 97 s of it: spent
+    assert not budget.spent(710.0, 653.0, False, 0, 5, 600.0)
+    assert budget.spent(710.0, 100.0, False, 0, 5, 600.0)  # held only 97 s of it: spent
+    # An outage never ends for these recipients: after an hour held plus the budget, they fail.
+    assert budget.spent(10.0 + 3600 + 601, 3.0 + 3600 + 601, False, 0, 5, 600.0)
 
 
 def test_breaker_holds_the_fleet_to_one_probe_and_closes_on_an_answer(

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
-from conftest import PAGE, RedisServer, Stack, psids, wait_for
+from conftest import PAGE, PAGE_TOKEN, RedisServer, Stack, psids, wait_for
 
 from shared import keys
 
@@ -224,3 +225,26 @@ def test_round_trips_per_message_on_an_unlimited_page(stack: Stack) -> None:
     print("round trips by command:", sorted(trips.by_command.items(), key=lambda kv: -kv[1])[:8])
     assert unique == n and extra == 0
     assert calls / n <= 0.1
+
+
+def test_fakegraph_bad_answers_come_after_delivery(stack: Stack) -> None:
+    fake = stack.start_fakegraph()
+    send = {"recipient": {"id": "42"}, "message": {"text": "hi"}, "messaging_type": "UPDATE"}
+    url = f"{fake.url}/v21.0/me/messages"
+    auth = {"Authorization": f"Bearer {PAGE_TOKEN}"}
+    fake.configure(html_502_rate=1.0)
+    answer = httpx.post(url, json=send, headers=auth)
+    assert answer.status_code == 502 and answer.headers["content-type"] == "text/html"
+    assert b"502 Bad Gateway" in answer.content
+    fake.configure(html_502_rate=0.0, garbled_200_rate=1.0)
+    answer = httpx.post(url, json=send, headers=auth)
+    assert answer.status_code == 200 and answer.content.startswith(b"<html>")
+    fake.configure(garbled_200_rate=0.0, cut_rate=1.0)
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(url, json=send, headers=auth)
+    fake.configure(cut_rate=0.0, hang_rate=1.0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json=send, headers=auth, timeout=0.5)
+    assert fake.delivered()[PAGE] == {"42": 4}  # every one delivered before it went bad
+    refused = fake.http.post("/_fake/config", json={"cut_rate": 0.7, "hang_rate": 0.7})
+    assert refused.status_code == 400 and fake.stats()["delivered"] == 4

@@ -159,3 +159,24 @@ def test_a_fifth_of_answers_transient_loses_nobody(stack: Stack) -> None:
     assert stats["unique"] == n and stats["duplicates"] == 0, stats
     print(f"20% transient: {stats['by_code']['2']} transient answers over {n} recipients, 0 lost")
     assert stats["by_code"]["2"] > 0.15 * n
+
+
+def test_code_2_for_one_person_on_a_healthy_page_is_bounded(stack: Stack) -> None:
+    fake = stack.start_fakegraph()
+    people = psids(600)
+    ambiguous = [people[50], people[150], people[250]]
+    fake.configure(ambiguous=ambiguous)
+    stack.start_producer()
+    stack.start_consumer("c1", FANOUT_RATE_LIMIT="100")  # the others keep the page busy
+    job = _final(stack, stack.submit(people))
+    assert (job["sent"], job["failed"]) == (597, 3), job
+    assert job["error_codes"] == {"2": 3}
+    assert stack.api is not None
+    errors = stack.api.get(f"/v1/jobs/{job['job_id']}/errors").json()["items"]
+    attempts = {e["recipient"]: e["attempts"] for e in errors}
+    # The provider saw each of them exactly as often as fanout counted: FANOUT_MAX_ATTEMPTS
+    # (5) transient answers while the rest of the page was answered.
+    assert fake.http.get("/_fake/refused").json()["2"] == attempts
+    assert sorted(attempts) == sorted(ambiguous)
+    print(f"code 2 for one person: failed after {sorted(attempts.values())} attempts")
+    assert all(5 <= n <= 7 for n in attempts.values()), attempts

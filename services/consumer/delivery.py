@@ -236,7 +236,8 @@ class Senders:
         metrics.SEND_DURATION.observe(result.seconds)
         decision = classify(result)
         verdict = decision.verdict
-        await self._weigh(health, probe, verdict == "retry", decision)
+        first = attempt == 1
+        await self._weigh(health, probe, verdict == "retry", decision, first, chunk.ids[index])
         if verdict == "sent":
             work.record_sent(index)  # counted in metrics per chunk
             work.settle()
@@ -273,14 +274,21 @@ class Senders:
         work.settle()
 
     @staticmethod
-    async def _weigh(health: PageHealth, probe: bool, transient: bool, decision: Decision) -> None:
+    async def _weigh(
+        health: PageHealth,
+        probe: bool,
+        transient: bool,
+        decision: Decision,
+        first: bool,
+        recipient: str,
+    ) -> None:
         """Feed the page's breaker: a probe's answer closes it or keeps it open; any other
         answer joins the page's recent ones, which may trip it. Answers to requests sent before
         the page was held prove nothing either way: the probe decides."""
         if probe:
             await health.probe_answered(transient)
         elif not health.held:
-            health.record(transient)
+            health.record(transient, first, recipient)
             if health.should_trip():
                 await health.trip(decision.code)
 
@@ -295,7 +303,10 @@ class Senders:
         budget = budgets.get(index)
         if budget is None:
             budget = budgets[index] = RetryBudget(now, held_s)
-        return budget.spent(now, held_s, health.healthy(), self.max_attempts, self.retry_budget_s)
+        healthy = health.healthy()
+        return budget.spent(
+            now, held_s, healthy, health.answered, self.max_attempts, self.retry_budget_s
+        )
 
     async def _cool_down(self, spec: JobSpec, decision: Decision) -> None:
         pause_s = await spec.limiter.cool_down(decision.retry_after)

@@ -7,8 +7,9 @@ A provider outage is not the recipients' fault, so it must not spend their retri
                 │                        page's rate key): every consumer's permits stop; one
                 │                        probe at a time, fleet-wide (take_permits.lua)
                 ├── the probe's answer is not transient ──> close: full rate again
-                └── healthy (few transients) ──> only then does a transient answer count as
-                                                a strike against the recipient
+                └── healthy (few transients among answers to first attempts) ──> only
+                                                then does a transient answer count as a
+                                                strike against the recipient
 
   RetryBudget, per recipient: fails it when its transient answers span more than
   FANOUT_RETRY_BUDGET_S of time the page was not held, or when it got FANOUT_MAX_ATTEMPTS
@@ -34,19 +35,30 @@ from shared.scripts import Scripts
 log = logging.getLogger("fanout.consumer")
 
 # The last answers a consumer weighs. A trip needs at least _TRIP_MIN transient answers among
-# them and a transient share of at least _TRIP_SHARE ("mostly"): with 20% of answers transient
-# at random, 50 answers of which 25 transient happen about once in a million windows.
+# them, to at least _TRIP_PEOPLE different recipients (a few people answered code 2 again and
+# again are not an outage), and a transient share of at least _TRIP_SHARE ("mostly"): with 20%
+# of answers transient at random, 50 answers of which 25 transient happen about once in a
+# million windows.
 _WINDOW = 50
 _TRIP_MIN = 20
+_TRIP_PEOPLE = 10
 _TRIP_SHARE = 0.5
-# A page is "otherwise healthy" (so a transient answer is the recipient's own) with at least
-# _HEALTHY_MIN answers weighed and under _HEALTHY_SHARE of them transient.
+# A page is "otherwise healthy" (so a transient answer is the recipient's own) when, of the
+# last _FIRSTS answers to first attempts, at least _HEALTHY_MIN came in and under
+# _HEALTHY_SHARE were transient. First attempts only: a few recipients retried again and again
+# (code 2 from people who blocked the page) must not make the page look unhealthy. With 20%
+# of answers transient at random, 100 first attempts with under 5 transient is a 1-in-10,000
+# event.
+_FIRSTS = 100
 _HEALTHY_MIN = 20
-_HEALTHY_SHARE = 0.1
+_HEALTHY_SHARE = 0.05
 PROBE_INTERVAL_MS = 1_000  # between probes of a held page: recovery is seen within ~1 s
 # A probe's permit is the fleet's only one until its answer; if that never comes (its consumer
 # died), the next probe goes after this lease (above the default request timeout, 20 s).
 PROBE_LEASE_MS = 30_000
+# Held time a recipient's time budget does not count, at most: an outage longer than this plus
+# FANOUT_RETRY_BUDGET_S fails the recipients it holds (so nothing waits forever).
+HELD_CREDIT_S = 3600.0
 
 
 class PageHealth:
@@ -57,7 +69,11 @@ class PageHealth:
         self.key = keys.rate(page_id)
         self.on_hold: Callable[[], None] = lambda: None  # the limiter drops permits in hand
         self._answers: deque[bool] = deque(maxlen=_WINDOW)  # True: transient
+        self._who: deque[str] = deque(maxlen=_WINDOW)  # the recipient of each answer
+        self.answered = 0  # answers that were not transient: the page works for someone
         self._transient = 0
+        self._firsts: deque[bool] = deque(maxlen=_FIRSTS)  # answers to first attempts
+        self._firsts_transient = 0
         self.held = False  # the breaker is open, as last learnt from Redis
         self.restricted = False  # Meta restricted the page, as last learnt from Redis
         self.probe_due = False  # the last permit was the fleet's probe: the next send is it
@@ -95,20 +111,32 @@ class PageHealth:
 
     # --- answers ---------------------------------------------------------------------------
 
-    def record(self, transient: bool) -> None:
+    def record(self, transient: bool, first: bool, recipient: str) -> None:
+        """One answer; ``first``: to a recipient's first attempt."""
         answers = self._answers
         if len(answers) == answers.maxlen and answers[0]:
             self._transient -= 1
         answers.append(transient)
+        self._who.append(recipient)
         self._transient += transient
+        self.answered += not transient
+        if first:
+            firsts = self._firsts
+            if len(firsts) == firsts.maxlen and firsts[0]:
+                self._firsts_transient -= 1
+            firsts.append(transient)
+            self._firsts_transient += transient
 
     def healthy(self) -> bool:
-        n = len(self._answers)
-        return not self.held and n >= _HEALTHY_MIN and self._transient < _HEALTHY_SHARE * n
+        n = len(self._firsts)
+        return not self.held and n >= _HEALTHY_MIN and self._firsts_transient < _HEALTHY_SHARE * n
 
     def should_trip(self) -> bool:
         n = len(self._answers)
-        return not self.held and self._transient >= _TRIP_MIN and self._transient >= _TRIP_SHARE * n
+        if self.held or self._transient < _TRIP_MIN or self._transient < _TRIP_SHARE * n:
+            return False
+        people = {who for who, t in zip(self._who, self._answers, strict=True) if t}
+        return len(people) >= _TRIP_PEOPLE
 
     def restrict(self) -> None:
         """Meta restricted the page (10/1893063): send nothing more until Redis says otherwise."""
@@ -124,7 +152,10 @@ class PageHealth:
 
     def _forget(self) -> None:
         self._answers.clear()
+        self._who.clear()
         self._transient = 0
+        self._firsts.clear()
+        self._firsts_transient = 0
 
     # --- the fleet-wide breaker ------------------------------------------------------------
 
@@ -161,21 +192,32 @@ class PageHealth:
 
 class RetryBudget:
     """One recipient's retries after transient answers: time spent (minus the time its page
-    was held) and strikes taken while its page was otherwise healthy."""
+    was held, up to HELD_CREDIT_S) and strikes. A transient answer is a strike only while the
+    page is otherwise healthy: few transient answers to first attempts, and some answer that
+    was not transient since this recipient's previous one (the page works for others now)."""
 
-    __slots__ = ("held_at_start", "started", "strikes")
+    __slots__ = ("answered_seen", "held_at_start", "started", "strikes")
 
-    def __init__(self, now: float, held_s: float) -> None:
+    def __init__(self, now: float, held_s: float, answered: int = 0) -> None:
         self.started = now
         self.held_at_start = held_s
+        self.answered_seen = answered
         self.strikes = 0
 
     def spent(
-        self, now: float, held_s: float, healthy: bool, max_strikes: int, budget_s: float
+        self,
+        now: float,
+        held_s: float,
+        healthy: bool,
+        answered: int,
+        max_strikes: int,
+        budget_s: float,
     ) -> bool:
         """Count one more transient answer; True when the recipient has had enough."""
-        if healthy:
+        if healthy and answered > self.answered_seen:
             self.strikes += 1
             if self.strikes >= max_strikes:
                 return True
-        return (now - self.started) - (held_s - self.held_at_start) > budget_s
+        self.answered_seen = answered
+        credit = min(held_s - self.held_at_start, HELD_CREDIT_S)
+        return (now - self.started) - credit > budget_s

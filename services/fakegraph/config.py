@@ -42,6 +42,12 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     messages" (HTTP 400; Messenger error codes, updated Jun 25, 2026,
     https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes);
     not delivered."""
+    ambiguous: list[str] = []
+    """PSIDs always answered HTTP 500, code 2, `is_transient` (as `fail_rate`): Meta says a
+    person who blocked the business may also get code 2 ("might also receive this error if a
+    customer has blocked your business",
+    https://developers.facebook.com/documentation/business-messaging/messenger-platform/error-codes);
+    not delivered, counted per recipient in `/_fake/refused` under "2"."""
     enforce_window: bool = False
     """Sends of `messaging_type` RESPONSE or UPDATE (or none) to a person whose last message
     (fed through `POST /_fake/window`) is over 24 h old, or unknown, answer 10/2018278

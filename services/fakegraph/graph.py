@@ -6,7 +6,8 @@ nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
     outage (503, code 2) -> token / revoked (190) -> body (100; a retired tag 100/1893061)
     -> rate limit (613)
     -> attachment (audio/video limit 613, unknown attachment_id 100; attachments.py)
-    -> fail_rate (500, code 2) -> restricted page (10/1893063) -> window (10/2018278)
+    -> fail_rate (500, code 2) -> ambiguous (500, code 2) -> restricted page (10/1893063)
+    -> window (10/2018278)
     -> blocked (551) -> delivered (200) -> the answer spoilt at the bad-answer rates (HTML
     502, non-JSON 200, cut mid-body, never sent), the message delivered all the same
 
@@ -251,7 +252,11 @@ class FakeGraph:
     def _refusal(
         self, config: FakeGraphConfig, page: str, request: _SendRequest, psid: str, now: float
     ) -> Answer | None:
-        """A restricted page, or a person outside the window, counted per recipient."""
+        """An ambiguous code 2, a restricted page, or a person outside the window, counted per
+        recipient."""
+        if config.ambiguous and psid in config.ambiguous:
+            self.stats.refuse("2", psid)
+            return self._error(r.TRANSIENT)
         if page in config.restricted_pages:
             self.stats.refuse("10/1893063", psid)
             return self._error(r.PAGE_RESTRICTED)
