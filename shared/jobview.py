@@ -74,6 +74,8 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         reason=h["reason"].decode() if h.get("reason") else None,
         callback_url=h["callback_url"].decode() if h.get("callback_url") else None,
         callback_status=_callback_status(h.get("callback_status")),
+        delivered=int(h.get("delivered") or 0),
+        read=int(h.get("read") or 0),
         message_kind=h["kind"].decode() if h.get("kind") else "text",  # none before rich messages
     )
 

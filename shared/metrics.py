@@ -178,6 +178,19 @@ DEAD_LETTERS_STORED = RedisCounter(
     PRODUCER,
 )
 
+# Listening (consumer): webhook events processed, by Meta's field, and receipt bits flipped
+# (each counted once however often Meta retries an event).
+WEBHOOK_EVENTS = Counter("fanout_webhook_events", "Webhook events processed, by field", ["field"])
+RECEIPTS = Counter(
+    "fanout_receipts", "Recipients newly marked delivered or read (at least)", ["kind"]
+)
+INBOX_BACKLOG = Gauge(
+    "fanout_inbox_backlog",
+    "Webhook batches received and not yet processed, per shard inbox",
+    ["shard"],
+    registry=PRODUCER,
+)
+
 # Page health (consumer): pages this consumer holds back, by cause ("provider_outage": the
 # circuit breaker; "page_restricted": Meta's 10/1893063), and breaker trips it made.
 PAGES_HELD = Gauge("fanout_pages_held", "Pages whose sends are held, by cause", ["cause"])

@@ -76,6 +76,11 @@ class JobView(msgspec.Struct, kw_only=True):
     page_hold: str | None = None
     # The completion callback once settled: "delivered", or "failed" after its last attempt.
     callback_status: Literal["delivered", "failed"] | None = None
+    # Recipients Meta's webhooks said received (delivered) and read the message: "at least"
+    # counts, as receipts are best effort (a person may read with receipts off; a page not
+    # wired to webhooks reports none). Read implies delivered.
+    delivered: int = 0
+    read: int = 0
     # What the message is: text, image, video, audio, file, button_template, generic_template,
     # media_template, customer_feedback_template or utility_template.
     message_kind: str = "text"

@@ -42,3 +42,7 @@ class Scripts:
         self.breaker: AsyncScript = redis.register_script(_source("breaker"))
         self.page_admit: AsyncScript = redis.register_script(_source("page_admit"))
         self.page_restrict: AsyncScript = redis.register_script(_source("page_restrict"))
+        self.settle: AsyncScript = redis.register_script(_read("settle"))
+        self.receipt_echo: AsyncScript = redis.register_script(_read("receipt_echo"))
+        self.receipt_mark: AsyncScript = redis.register_script(_read("receipt_mark"))
+        self.receipt_flip: AsyncScript = redis.register_script(_read("receipt_flip"))

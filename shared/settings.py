@@ -72,6 +72,10 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     retention_s: int
     callback_allow: tuple[str, ...]  # hosts or CIDRs a callback may target despite being private
     log_level: str
+    # Meta's webhooks: the app secret signs every POST; the verify token answers Meta's
+    # subscription check. Unset: the receiver refuses (401 / 403) and says so at start.
+    app_secret: Secret | None = None
+    webhook_verify_token: Secret | None = None
 
     def owns(self, tenant: str, page_id: str) -> bool:
         return page_id in self.tenant_pages.get(tenant, frozenset())
@@ -171,6 +175,10 @@ class _Env:
 
     def optional_pairs(self, name: str) -> dict[str, Secret]:
         return self.pairs(name, None) if self._environ.get(name, "").strip() else {}
+
+    def secret(self, name: str) -> Secret | None:
+        value = self._environ.get(name, "").strip()
+        return Secret(value) if value else None
 
     def rates(self, name: str) -> dict[str, int]:
         rates = {}
@@ -283,6 +291,8 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
         retention_s=env.duration_s("FANOUT_RETENTION", "7d"),
         callback_allow=env.words("FANOUT_CALLBACK_ALLOW"),
         log_level=env.log_level(),
+        app_secret=env.secret("FANOUT_APP_SECRET"),
+        webhook_verify_token=env.secret("FANOUT_WEBHOOK_VERIFY_TOKEN"),
     )
 
 

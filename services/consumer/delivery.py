@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 from services.consumer.limiter import Permits
 from services.consumer.pagehealth import PageHealth, RetryBudget
 from services.consumer.recorder import Batch, Recorder
-from shared import messages, metrics
+from shared import messages, metrics, webhooks
 from shared.classify import Decision, backoff, classify
 from shared.keys import JobKeys
 from shared.messages import Personalised, RenderError
@@ -55,6 +55,7 @@ class JobSpec:
     __slots__ = (
         *("_messaging_type", "_personalised", "_prefix", "_rest", "_suffix", "_tag"),
         *("head", "job_id", "keys", "limiter", "message", "page_id", "stopped"),
+        "_meta",
     )
 
     def __init__(
@@ -84,6 +85,7 @@ class JobSpec:
             rest["tag"] = tag
         self._rest = b"," + json_encode(rest)[1:]  # ',"messaging_type":...}'
         self._suffix = b'},"message":' + messages.encode(message) + self._rest
+        self._meta = webhooks.metadata(self.job_id, 0)[:-1].encode()  # "fo1:<job>:"
 
     def body(self, psid: str, values: dict[str, str] | None) -> bytes | Decision:
         """The Send API body for one recipient, or the failure of a message that breaks one
@@ -96,6 +98,12 @@ class JobSpec:
                 return Decision("failed", exc.code, "", exc.message)
             suffix = b'},"message":' + filled + self._rest
         return self._prefix + json_encode(psid) + suffix
+
+    def tagged(self, body: bytes, position: int) -> bytes:
+        """The body with Meta's ``metadata`` naming job and recipient, which Meta hands back
+        in the message's echo so receipts find their way to the job (services/consumer/
+        receipts.py); job ids and positions need no JSON escaping."""
+        return b'%s,"metadata":"%s%d"}' % (body[:-1], self._meta, position)
 
 
 class ChunkWork:
@@ -227,6 +235,7 @@ class Senders:
             metrics.MESSAGES.labels("failed", body.code).inc()
             work.settle()
             return
+        body = spec.tagged(body, chunk.start + index)
         probe = health.take_probe()
         self.in_flight.enter()
         try:

@@ -61,7 +61,7 @@ async def sweep(redis: Redis, scripts: Scripts, shards: int, retention_s: int) -
             await scripts.sweep_job(
                 keys=[
                     *(k.hash, k.backlog, k.attempted, k.sent, k.failed, k.indoubt, k.errors),
-                    *(k.ended, k.stats, index),
+                    *(k.ended, k.stats, index, k.delivered, k.read),
                 ],
                 args=[k.job_id],
             )

@@ -35,6 +35,7 @@ from services.fakegraph import responses as r
 from services.fakegraph.attachments import Attachments, upload_token_of_body
 from services.fakegraph.config import FakeGraphConfig, redacted
 from services.fakegraph.stats import Stats
+from services.fakegraph.webhooks import Emitter, Enforcement, Inbound
 
 _HASH_SPACE = 2**32
 _WINDOW_S = 24 * 3600  # the standard messaging window
@@ -58,6 +59,7 @@ class _SendRequest(msgspec.Struct):
     messaging_type: str | None = None
     tag: str | None = None
     access_token: str | None = None
+    metadata: str | None = None  # handed back in the echo (webhooks.py)
 
 
 Answer = tuple[int, bytes]
@@ -90,6 +92,8 @@ class FakeGraph:
         self._blocked_list: list[str] | None = None
         self._blocked_len = 0
         self._blocked_set: frozenset[str] = frozenset()
+        self.webhooks: Emitter | None = None
+        """Meta's side of the webhooks, when fakegraph runs with --webhook-url."""
         self.last_message: dict[str, float] = {}
         """PSID -> Unix time of the person's last message to the page (`enforce_window`);
         fed by `POST /_fake/window`, kept across `reset()`."""
@@ -180,9 +184,16 @@ class FakeGraph:
             self.stats.remember_text(psid, request.message.text)
         self.stats.remember_body(psid, body)
         self._message_count += 1
+        self._announce(page, psid, request.metadata)
         return self._gone_bad(
             config, (200, r.success_body(psid, self._message_prefix, self._message_count))
         )
+
+    def _announce(self, page: str, psid: str, metadata: str | None) -> None:
+        """With --webhook-url: the echo and receipts of the message just delivered."""
+        if self.webhooks is not None:
+            mid = f"{self._message_prefix.decode()}{self._message_count}"
+            self.webhooks.sent(page, psid, mid, metadata)
 
     def _gone_bad(self, config: FakeGraphConfig, answer: Answer) -> Answer:
         """A delivered send's answer, spoilt at the configured rates (the protocol frames the
@@ -293,6 +304,8 @@ class FakeGraph:
                 return 200, r.json_body(self.last_message)
             if method == b"POST":
                 return self._post_window(body)
+        if path in _WEBHOOK_HOOKS:
+            return self._webhook_hook(method, path, body)
         if path == b"/_fake/reset" and method == b"POST":
             self.reset()
             return 200, r.json_body(self.stats.snapshot(int(time.time())))
@@ -314,6 +327,35 @@ class FakeGraph:
             b"/_fake/refused": lambda: stats.refused,
         }
 
+    def _webhook_hook(self, method: bytes, path: bytes, body: bytes) -> Answer:
+        """GET /_fake/receipts (what was reported), POST /_fake/inbound
+        ({"page_id", "psids", "text"}: people message the page), POST /_fake/enforcement
+        ({"page_id", "action", "reason"}), POST /_fake/webhooks (delays and rates, live)."""
+        emitter = self.webhooks
+        if emitter is None:
+            return self.answer_error(r.bad_config("fakegraph runs without --webhook-url"))
+        try:
+            if path == b"/_fake/receipts" and method == b"GET":
+                return 200, r.json_body(emitter.snapshot())
+            if path == b"/_fake/webhooks" and method == b"POST":
+                emitter.configure(body)
+                return 200, r.json_body(msgspec.structs.asdict(emitter.config))
+            if path == b"/_fake/inbound" and method == b"POST":
+                inbound = msgspec.json.decode(body, type=Inbound)
+                now = time.time()
+                self.last_message.update(dict.fromkeys(inbound.psids, now))
+                sent = emitter.inbound(inbound.page_id, inbound.psids, inbound.text)
+                return 200, r.json_body({"events": sent})
+            if path == b"/_fake/replay" and method == b"POST":
+                return 200, r.json_body({"posts": emitter.replay()})
+            if path == b"/_fake/enforcement" and method == b"POST":
+                enforcement = msgspec.json.decode(body, type=Enforcement)
+                emitter.enforcement(enforcement.page_id, enforcement.action, enforcement.reason)
+                return 200, r.json_body({"events": 1})
+        except msgspec.MsgspecError as exc:
+            return self.answer_error(r.bad_config(str(exc)))
+        return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
+
     def _post_window(self, body: bytes) -> Answer:
         """Merge `{"<psid>": <Unix time of their last message>, ...}` into the window table."""
         try:
@@ -332,6 +374,10 @@ class FakeGraph:
 
 
 _decode_window = msgspec.json.Decoder(dict[str, float]).decode
+_WEBHOOK_HOOKS = (
+    *(b"/_fake/receipts", b"/_fake/inbound", b"/_fake/enforcement"),
+    *(b"/_fake/webhooks", b"/_fake/replay"),
+)
 
 
 def _page_of(path: bytes, suffix: bytes) -> str | None:

@@ -21,9 +21,12 @@ import signal
 import sys
 from collections.abc import Callable
 
+import msgspec
+
 from services.fakegraph.config import FakeGraphConfig, parse_page_tokens, redacted
 from services.fakegraph.graph import FakeGraph
 from services.fakegraph.protocol import GraphProtocol
+from services.fakegraph.webhooks import Emitter
 
 __all__ = ["FakeGraph", "FakeGraphConfig", "create_server", "loop_factory", "main", "serve"]
 
@@ -167,6 +170,29 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="pages whose sends answer 10/1893063 (temporarily restricted from sending)",
     )
     add(
+        "--webhook-url",
+        default=None,
+        metavar="URL",
+        help="play Meta's webhooks: after each delivered send POST its echo (with metadata), "
+        "then delivery and read watermarks, signed with the app secret, to URL (e.g. "
+        "http://127.0.0.1:8080/webhooks/messenger); POST /_fake/inbound and "
+        "/_fake/enforcement send people's messages and policy enforcement; GET /_fake/receipts",
+    )
+    add(
+        "--app-secret-env",
+        default="FANOUT_APP_SECRET",
+        metavar="VAR",
+        help="environment variable holding the app secret that signs webhooks "
+        "(default: %(default)s; kept out of the process list)",
+    )
+    add(
+        "--webhook-config",
+        default="{}",
+        metavar="JSON",
+        help='delays and rates, e.g. {"delivery_delay_ms": 150, "read_rate": 0.5, '
+        '"duplicate_rate": 0.1, "reorder_rate": 0.1}; live through POST /_fake/webhooks',
+    )
+    add(
         "--enforce-window",
         action="store_true",
         help="answer 10/2018278 to RESPONSE/UPDATE sends to people whose last message "
@@ -207,8 +233,9 @@ def _log(event: str, **fields: object) -> None:
     sys.stdout.flush()
 
 
-async def _run(config: FakeGraphConfig, host: str, port: int) -> int:
+async def _run(config: FakeGraphConfig, host: str, port: int, emitter: Emitter | None) -> int:
     fake = create_server(config)
+    fake.webhooks = emitter
     try:
         server = await serve(fake, host, port)
     except OSError as exc:
@@ -241,5 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = _argument_parser()
     args = parser.parse_args(argv)
     config = _config_from(args, parser)
+    emitter = _emitter_from(args, parser)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_run(config, args.host, args.port))
+        return runner.run(_run(config, args.host, args.port, emitter))
+
+
+def _emitter_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Emitter | None:
+    if args.webhook_url is None:
+        return None
+    secret = os.environ.get(args.app_secret_env, "")
+    if not secret:
+        parser.error(f"--webhook-url: environment variable {args.app_secret_env} is not set")
+    emitter = Emitter(args.webhook_url, secret)
+    try:
+        emitter.configure(args.webhook_config.encode())
+    except msgspec.MsgspecError as exc:
+        parser.error(f"--webhook-config: {exc}")
+    return emitter

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import intake, jobs, lifecycle, observe, openapi, page, upload
+from services.producer import intake, jobs, lifecycle, observe, openapi, page, upload, webhooks
 from services.producer.common import (
     State,
     authenticate,
@@ -211,6 +211,11 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
                 "page has a token but no tenant in FANOUT_TENANT_PAGES: nobody can send as it",
                 extra={"page_id": page_id},
             )
+        if settings.app_secret is None or settings.webhook_verify_token is None:
+            log.warning(
+                "FANOUT_APP_SECRET or FANOUT_WEBHOOK_VERIFY_TOKEN is not set: /webhooks/messenger"
+                " refuses Meta (no receipts, window or page enforcement from webhooks)"
+            )
         client = redis or await open_redis(settings.redis_url, settings.redis_cluster)
         app.state.fanout = State(settings, client, Scripts(client))
         try:
@@ -228,6 +233,8 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/v1/jobs/{job_id}/pause", lifecycle.pause_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/resume", lifecycle.resume_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/cancel", lifecycle.cancel_job, methods=["POST"]),
+        Route("/webhooks/messenger", webhooks.verify, methods=["GET"]),
+        Route("/webhooks/messenger", webhooks.receive, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", observe.metrics_endpoint, methods=["GET"]),

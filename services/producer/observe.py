@@ -103,6 +103,8 @@ async def refresh(redis: Redis, shards: int) -> None:
         metrics.STREAM_LAG.labels(str(shard)).set(lag)
         metrics.STREAM_PENDING.labels(str(shard)).set(pending)
         metrics.DEAD_LETTERS_STORED.set((str(shard),), await _dead_letters_added(redis, shard))
+        # Processed batches are deleted, so the inbox's length is its backlog.
+        metrics.INBOX_BACKLOG.labels(str(shard)).set(await redis.xlen(keys.inbox(shard)))
         counts = cast(dict[bytes, bytes], await redis.hgetall(keys.job_stats(shard)))
         for raw_status, count in counts.items():
             name = raw_status.decode()

@@ -192,8 +192,48 @@ def build() -> dict[str, Any]:
             "/v1/jobs/{job_id}/resume": {"post": control("resumeJob")},
             "/v1/jobs/{job_id}/cancel": {"post": control("cancelJob")},
             **_health(),
+            "/webhooks/messenger": _webhooks(),
         },
     }
+
+
+def _webhooks() -> dict[str, Any]:
+    """Meta calls these (no bearer token): the verify token and the app secret authenticate.
+    https://developers.facebook.com/documentation/business-messaging/messenger-platform/webhooks"""
+    text = {"type": "string"}
+    query = [
+        {"name": name, "in": "query", "schema": text}
+        for name in ("hub.mode", "hub.verify_token", "hub.challenge")
+    ]
+    verify = _public("verifyMessengerWebhook", "hub.challenge, echoed", "text/plain", text)
+    verify["parameters"] = query
+    verify["responses"]["403"] = _answer("ErrorResponse", "hub.verify_token does not match")
+    receive = _public(
+        "receiveMessengerWebhook", "EVENT_RECEIVED: the batch is durably queued", "text/plain", text
+    )
+    receive["parameters"] = [
+        {
+            "name": "X-Hub-Signature-256",
+            "in": "header",
+            "required": True,
+            "description": "sha256=<hex HMAC-SHA256 of the raw body, keyed by the app secret>",
+            "schema": text,
+        }
+    ]
+    receive["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+    refusals = {
+        "400": "not JSON",
+        "401": "X-Hub-Signature-256 missing or wrong (SHA-1 alone counts as missing)",
+        "413": "over 1 MiB",
+        "422": "not a Messenger (page) notification",
+    }
+    for code, why in refusals.items():
+        receive["responses"][code] = _answer("ErrorResponse", f"{why}; nothing recorded")
+    receive["responses"]["503"] = _answer("ErrorResponse", "Redis unreachable; Meta retries")
+    return {"get": verify, "post": receive}
 
 
 _DOCUMENT = json_encode(build())

@@ -433,7 +433,8 @@
     $("job-id").title = id;
     setBadge($("job-status"), "loading");
     $("job-reason").hidden = true;
-    for (const key of ["sent", "failed", "skipped", "indoubt", "total", "rate", "eta"]) {
+    for (const key of ["sent", "failed", "skipped", "indoubt", "delivered", "read", "total",
+      "rate", "eta"]) {
       $(`c-${key}`).textContent = "–";
     }
     for (const key of ["created", "started", "finished"]) $(`t-${key}`).textContent = "–";
@@ -479,6 +480,8 @@
     $("c-failed").textContent = number(job.failed);
     $("c-skipped").textContent = number(job.skipped);
     $("c-indoubt").textContent = number(job.indoubt);
+    $("c-delivered").textContent = number(job.delivered || 0);
+    $("c-read").textContent = number(job.read || 0);
     $("c-total").textContent = number(job.total);
     $("c-rate").textContent = typeof job.rate_per_s === "number" ?
       `${job.rate_per_s.toLocaleString()}/s` : "–";
@@ -701,6 +704,21 @@
     if (signal.aborted) return;
     $("live-state").textContent = "Final.";
     loadErrors(id, signal);
+    watchReceipts(id, signal);
+  }
+
+  // Meta's delivery and read receipts keep coming after the last send: refresh the
+  // delivered / read counts for a while after the job ended.
+  async function watchReceipts(id, signal) {
+    for (let tries = 0; tries < 60; tries += 1) {
+      await sleep(2000, signal);
+      if (signal.aborted) return;
+      try {
+        renderJob(await api(`/v1/jobs/${encodeURIComponent(id)}`, { signal }));
+      } catch (err) {
+        return; // the page's other calls report errors; this one only refreshes
+      }
+    }
   }
 
   // ---- wiring ----

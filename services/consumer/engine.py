@@ -1,0 +1,270 @@
+"""The stream engine: one consumer group's work read from a stream per shard, with leases,
+reclaim and drain, for any kind of work that plugs in a ``Kind``.
+
+Engine.run()
+  ├── one reader per stream: XREADGROUP (BLOCK) only while ``kind.room()`` says there is room
+  │   (no hoarding), each entry handed to ``kind.handle`` in a task of its own
+  ├── upkeep: renew the leases of held entries (owner-checked, every third of the lease);
+  │   XAUTOCLAIM entries idle past the lease, looping on its cursor, counting the deleted ids
+  └── stop(): stop reading; wait for held entries until the drain deadline; cancel the rest
+      and give them to ``kind.hand_back`` so the fleet takes them at once, not after a lease
+
+The contract of a ``Kind`` (drawn small on purpose): which streams and group, how much room,
+how to handle one entry (it settles the entry itself: XACK and delete, or leave it pending for
+reclaim), and what to do with entries a drain could not finish. A kind never reads, renews or
+reclaims on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from shared.scripts import Scripts
+
+log = logging.getLogger("fanout.consumer")
+
+HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM
+
+
+class Entry:
+    """One stream entry this consumer holds, from read (or reclaim) until settled."""
+
+    __slots__ = ("deliveries", "entry_id", "fields", "stream", "task")
+
+    def __init__(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
+    ) -> None:
+        self.stream = stream  # settle against the stream the entry came from
+        self.entry_id = entry_id
+        self.fields = fields
+        self.deliveries = deliveries
+        self.task: asyncio.Task[None] | None = None
+
+
+class Kind(Protocol):
+    name: str  # for logs
+    group: str
+    streams: list[str]
+
+    def room(self, held: int) -> int:
+        """How many more entries to take now, ``held`` being held."""
+
+    async def handle(self, entry: Entry) -> None:
+        """Do the entry's work and settle it; raising leaves it pending for reclaim."""
+
+    async def hand_back(self, entries: list[Entry]) -> None:
+        """Entries a drain cancelled: put them where the fleet takes them at once."""
+
+
+class Engine:
+    def __init__(
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        kind: Kind,
+        consumer: str,
+        *,
+        claim_idle_ms: int,
+        block_ms: int,
+        drain_s: float,
+    ) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.kind = kind
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = block_ms
+        self.drain_s = drain_s
+        self.held: dict[tuple[str, bytes], Entry] = {}  # ids are unique per stream only
+        self.stopping = asyncio.Event()
+        self._room = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.join_groups()
+        upkeep = asyncio.create_task(self._upkeep())
+        try:
+            await asyncio.gather(*(self._read_loop(stream) for stream in self.kind.streams))
+        finally:
+            await self._drain()
+            upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._room.set()
+
+    def wake(self) -> None:
+        """Room may have opened (an entry settled, a held one stopped claiming capacity)."""
+        self._room.set()
+
+    async def join_groups(self) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                for stream in self.kind.streams:
+                    try:
+                        # At 0, never $: entries added before the group existed are work too.
+                        await self.redis.xgroup_create(
+                            stream, self.kind.group, id="0", mkstream=True
+                        )
+                    except ResponseError as exc:
+                        if "BUSYGROUP" not in str(exc):
+                            raise
+                return
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "groups not ready; retrying", extra={"kind": self.kind.name, "error": str(exc)}
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
+
+    async def _drain(self) -> None:
+        tasks = [e.task for e in self.held.values() if e.task is not None]
+        if not tasks:
+            return
+        log.info("draining", extra={"kind": self.kind.name, "entries": len(tasks)})
+        _, pending = await asyncio.wait(tasks, timeout=self.drain_s)
+        if pending:
+            leftovers = list(self.held.values())
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self.kind.hand_back(leftovers)
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def _read_loop(self, stream: str) -> None:
+        """One reader per stream, so a quiet shard never holds up a busy one (and every read
+        touches one slot, as a Redis Cluster needs)."""
+        backoff_s = 0.1
+        while not self.stopping.is_set():
+            room = self.kind.room(len(self.held))
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.kind.group,
+                    self.consumer,
+                    {stream: ">"},
+                    # Readers share the room: each asks for its part, at least one entry.
+                    count=max(1, room // len(self.kind.streams)),
+                    block=self.block_ms,
+                )
+                backoff_s = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):  # the stream was deleted under us: recreate
+                    await self.join_groups()
+                    continue
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("read failed; retrying", extra={"stream": stream, "error": str(exc)})
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 1.0)
+                continue
+            replies = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]], reply)
+            for _, entries in replies or []:
+                for entry_id, fields in entries:
+                    self.take(stream, entry_id, fields or {}, 1)
+
+    def take(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
+    ) -> None:
+        """Hold an entry and start its task (from a read or a reclaim), unless held already."""
+        if (stream, entry_id) in self.held:
+            return
+        entry = Entry(stream, entry_id, fields, deliveries)
+        self.held[(stream, entry_id)] = entry
+        entry.task = asyncio.create_task(self._handle(entry))
+
+    async def _handle(self, entry: Entry) -> None:
+        try:
+            await self.kind.handle(entry)
+        except (RedisError, OSError) as exc:
+            log.warning(
+                "entry left for reclaim",
+                extra={"kind": self.kind.name, "entry": entry.entry_id.decode(), "error": str(exc)},
+            )
+        except Exception:
+            log.exception(
+                "entry failed unexpectedly",
+                extra={"kind": self.kind.name, "entry": entry.entry_id.decode()},
+            )
+        finally:
+            self.held.pop((entry.stream, entry.entry_id), None)
+            self._room.set()
+
+    # --- upkeep ---------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        await asyncio.gather(
+            self._every(self.claim_idle_ms / 3000, self.renew),
+            self._every(max(0.2, self.claim_idle_ms / 2000), self.reclaim),
+        )
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await step()
+            except (RedisError, OSError) as exc:
+                log.warning("upkeep step failed", extra={"step": step.__name__, "error": str(exc)})
+            except Exception:
+                log.exception("upkeep step failed", extra={"step": step.__name__})
+            await asyncio.sleep(seconds)
+
+    async def lease(self, entries: list[Entry], idle_ms: int) -> list[Entry]:
+        """Renew (idle 0) or hand back (HAND_BACK_IDLE_MS) held entries, owner-checked;
+        the ones another consumer has taken over."""
+        by_stream: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry)
+        lost: list[Entry] = []
+        for stream, group in by_stream.items():
+            ids = [e.entry_id for e in group]
+            gone = set(
+                await self.scripts.lease(
+                    keys=[stream], args=[self.kind.group, self.consumer, idle_ms, *ids]
+                )
+            )
+            lost += [e for e in group if e.entry_id in gone]
+        return lost
+
+    async def renew(self) -> None:
+        lost = await self.lease(list(self.held.values()), 0)
+        stolen = [e for e in lost if (e.stream, e.entry_id) in self.held]
+        if stolen:
+            log.warning("lease lost", extra={"kind": self.kind.name, "entries": len(stolen)})
+
+    async def reclaim(self) -> None:
+        if self.stopping.is_set():
+            return
+        for stream in self.kind.streams:
+            cursor: bytes | str = "0-0"
+            while (room := self.kind.room(len(self.held))) > 0:
+                cursor, entries, deleted = await self.scripts.reclaim(
+                    keys=[stream],
+                    args=[self.kind.group, self.consumer, self.claim_idle_ms, cursor, room],
+                )
+                if deleted:
+                    log.error(
+                        "pending entries were deleted from the stream",
+                        extra={"stream": stream, "entries": [d.decode() for d in deleted]},
+                    )
+                for entry_id, flat, deliveries in entries:
+                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                    log.info(
+                        "entry taken over",
+                        extra={"kind": self.kind.name, "entry": entry_id.decode()},
+                    )
+                    self.take(stream, entry_id, fields, int(deliveries))
+                if cursor in (b"0-0", "0-0"):
+                    break

@@ -1,0 +1,19 @@
+-- Flip recipients' delivered / read bits of one job; the counters move only when a bit flips
+-- (read implies delivered), so a webhook Meta retries, or a replay, counts nothing twice. A
+-- job already swept is not recreated.
+-- KEYS: 1 job hash, 2 delivered bitmap, 3 read bitmap
+-- ARGV: 1 'd' | 'r', 2.. positions
+-- Returns {delivered flipped, read flipped}
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+if total == 0 then return {0, 0} end
+local d, r = 0, 0
+for i = 2, #ARGV do
+  local pos = tonumber(ARGV[i])
+  if pos and pos >= 0 and pos < total then
+    if ARGV[1] == 'r' and redis.call('SETBIT', KEYS[3], pos, 1) == 0 then r = r + 1 end
+    if redis.call('SETBIT', KEYS[2], pos, 1) == 0 then d = d + 1 end
+  end
+end
+if d > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', d) end
+if r > 0 then redis.call('HINCRBY', KEYS[1], 'read', r) end
+return {d, r}
