@@ -72,26 +72,6 @@ def receipt_jobs(page_id: str) -> str:
     return f"fanout:page:{{{page_id}}}:rxjobs"
 
 
-def inbox(shard: int) -> str:
-    """Meta's webhook POSTs as received (raw, still signed), for the consumers' group
-    INBOX_GROUP; the shard is the page's, so one page's events keep one stream's order."""
-    return f"fanout:{{{shard}}}:inbox"
-
-
-INBOX_GROUP = "events"
-
-
-def receipts(page_id: str, bucket: int) -> str:
-    """One bucket of a page's receipt correlation: packed 16-byte records of the messages sent
-    and not yet read (see services/consumer/receipts.py). In the page's slot."""
-    return f"fanout:page:{{{page_id}}}:rx:{bucket}"
-
-
-def receipt_jobs(page_id: str) -> str:
-    """The page's job references for receipt records (a small number per job, both ways)."""
-    return f"fanout:page:{{{page_id}}}:rxjobs"
-
-
 def job_stats(shard: int) -> str:
     """How many of the shard's jobs are in each status (for the fanout_jobs gauge)."""
     return f"fanout:{{{shard}}}:jobstats"
@@ -167,8 +147,6 @@ class JobKeys(msgspec.Struct, frozen=True):
     dead: str  # the shard's dead-letter stream
     delivered: str  # receipt bitmaps, bit i = recipient position i (Meta's watermarks)
     read: str
-    delivered: str  # receipt bitmaps, bit i = recipient position i (Meta's watermarks)
-    read: str
     upload: str  # lease of the consumer uploading the job's attachment (expires by itself)
 
     @classmethod
@@ -193,8 +171,6 @@ class JobKeys(msgspec.Struct, frozen=True):
             scheduled=scheduled(shard),
             work=work_stream(shard),
             dead=dead_stream(shard),
-            delivered=f"{base}:delivered",
-            read=f"{base}:read",
             delivered=f"{base}:delivered",
             read=f"{base}:read",
             upload=f"{base}:upload",
