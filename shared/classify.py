@@ -32,6 +32,10 @@ the person.
                                  (services/consumer/pagehealth.py). Code 2 may also mean the
                                  person blocked the page: bounded per recipient
   anything else      failed      with the provider's code and subcode
+
+Rows marked ``suppress`` below are permanent for the person (blocked the page, no such user
+(an unknown or invalid PSID), opted out): the person also joins the page's suppression list
+(shared/suppressions.py), so later jobs skip them without asking Meta again.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ PAIRS: dict[tuple[int, int], Verdict] = {
     (100, 33): "fatal",  # the page no longer exists
     (10, 1893063): "restricted",  # the page is temporarily restricted from sending
 }
+# Failed rows that are permanent for the person: they join the page's suppression list.
+SUPPRESS: frozenset[tuple[int, int]] = frozenset(
+    {(551, 1545041), (200, 1545041), (100, 2018001), (10, 1893015)}
+)
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -71,6 +79,7 @@ class Decision(msgspec.Struct, frozen=True):
     subcode: str = ""
     message: str = ""
     retry_after: float | None = None
+    suppress: bool = False  # permanent for the person: add them to the page's suppressions
 
 
 SENT = Decision("sent")
@@ -96,7 +105,8 @@ def classify(result: SendResult) -> Decision:
     if error.error_subcode is not None:
         pair = PAIRS.get((error.code, error.error_subcode))
         if pair is not None:
-            return Decision(pair, code, subcode, error.message)
+            suppress = (error.code, error.error_subcode) in SUPPRESS
+            return Decision(pair, code, subcode, error.message, suppress=suppress)
     if error.code in RATE_LIMIT_CODES or result.status == 429:
         return Decision("throttled", code, subcode, error.message, result.retry_after)
     if error.code in FATAL_CODES:

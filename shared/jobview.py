@@ -16,8 +16,11 @@ ENDED = ("completed", "failed", "cancelled")
 
 
 def _iso(ms: bytes | None) -> str | None:
-    if not ms:
-        return None
+    return iso_ms(int(ms)) if ms else None
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds, as every answer shows times."""
     seconds = int(ms) / 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(ms) % 1000:03d}Z"
 
@@ -46,6 +49,21 @@ def _callback_status(raw: bytes | None) -> Literal["delivered", "failed"] | None
     if raw == b"delivered":
         return "delivered"
     return "failed" if raw == b"failed" else None
+
+
+def _skipped_reasons(h: dict[str, bytes]) -> dict[str, int]:
+    """Code -> count of skipped recipients: the reasons recorded at dispatch, and whoever a
+    stopped job did not reach, under the job's status (cancelled, failed)."""
+    reasons = {k[5:]: int(v) for k, v in h.items() if k.startswith("skip:")}
+    rest = int(h["skipped"]) - sum(reasons.values())
+    if rest > 0:
+        status = h["status"].decode()
+        reasons[status if status in ("cancelled", "failed") else "stopped"] = rest
+    return reasons
+
+
+def _window_rule(raw: bytes | None) -> Literal["require", "ignore"]:
+    return "require" if raw == b"require" else "ignore"
 
 
 def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView:
@@ -77,6 +95,11 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         delivered=int(h.get("delivered") or 0),
         read=int(h.get("read") or 0),
         message_kind=h["kind"].decode() if h.get("kind") else "text",  # none before rich messages
+        window=_window_rule(h.get("window_rule")),
+        window_default=not h.get("window_asked"),
+        suppress=h.get("suppress") != b"0",
+        fallback_sent=int(h.get("fallback_sent") or 0),
+        skipped_reasons=_skipped_reasons(h),
     )
 
 

@@ -138,7 +138,10 @@ class JobKeys(msgspec.Struct, frozen=True):
     sent: str
     failed: str
     indoubt: str
+    skipped: str  # recipients skipped at dispatch with a reason (outside the window, suppressed)
+    fallback: str  # recipients outside the window sent the job's utility fallback instead
     errors: str  # capped stream of failure records
+    skips: str  # capped stream of recipients skipped with a reason, as errors lists failures
     stats: str  # the shard's job counts by status
     ended: str  # the shard's ended jobs
     callbacks: str  # the shard's due completion callbacks
@@ -164,7 +167,10 @@ class JobKeys(msgspec.Struct, frozen=True):
             sent=f"{base}:sent",
             failed=f"{base}:failed",
             indoubt=f"{base}:indoubt",
+            skipped=f"{base}:skipped",
+            fallback=f"{base}:fallback",
             errors=f"{base}:errors",
+            skips=f"{base}:skips",
             stats=job_stats(shard),
             ended=ended(shard),
             callbacks=callbacks(shard),

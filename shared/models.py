@@ -34,6 +34,14 @@ class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metadata: dict[str, Any] | None = None
     send_at: Annotated[str, Meta(max_length=64)] | None = None  # ISO 8601 with a time zone
     callback_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    # The 24-hour window: "require" skips people outside it (code window_closed), "ignore"
+    # sends regardless; unset, RESPONSE/UPDATE jobs require it on a page whose webhooks have
+    # flowed for 24 hours. A fallback (a UTILITY template) goes to people outside it instead.
+    window: Literal["require", "ignore"] | None = None
+    fallback: Message | None = None
+    # False sends to the page's suppressed people too (e.g. after fixing a wrong suppression
+    # in bulk, or a mandatory notice): see the README.
+    suppress: bool = True
 
 
 class JobRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
@@ -70,12 +78,12 @@ class JobView(msgspec.Struct, kw_only=True):
     error_codes: dict[str, int]
     reason: str | None  # why a job ended failed or cancelled
     callback_url: str | None
+    # The completion callback once settled: "delivered", or "failed" after its last attempt.
+    callback_status: Literal["delivered", "failed"] | None = None
     # Why the page's sends are held right now, while the job has not ended: "provider_outage"
     # (the circuit breaker holds the page and probes it; it resumes by itself) or
     # "page_restricted" (Meta's 10/1893063; a user resumes a job of the page to lift it).
     page_hold: str | None = None
-    # The completion callback once settled: "delivered", or "failed" after its last attempt.
-    callback_status: Literal["delivered", "failed"] | None = None
     # Recipients Meta's webhooks said received (delivered) and read the message: "at least"
     # counts, as receipts are best effort (a person may read with receipts off; a page not
     # wired to webhooks reports none). Read implies delivered.
@@ -84,6 +92,12 @@ class JobView(msgspec.Struct, kw_only=True):
     # What the message is: text, image, video, audio, file, button_template, generic_template,
     # media_template, customer_feedback_template or utility_template.
     message_kind: str = "text"
+    # The window rule that applied, and whether it was the default (the job did not say).
+    window: Literal["require", "ignore"] = "ignore"
+    window_default: bool = True
+    suppress: bool = True
+    fallback_sent: int = 0  # people outside the window sent the utility fallback (in `sent`)
+    skipped_reasons: dict[str, int] = {}  # code -> count, e.g. {"window_closed": 1000}
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -102,6 +116,37 @@ class ErrorItem(msgspec.Struct, kw_only=True):
 class ErrorPage(msgspec.Struct, kw_only=True):
     items: list[ErrorItem]
     next: str | None  # pass as ?after= for the next page; null at the end
+
+
+class SuppressRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    recipients: Annotated[list[Psid], Meta(min_length=1, max_length=10_000)]
+    reason: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/-]+$")] = (
+        "api"
+    )
+
+
+class SuppressionItem(msgspec.Struct, kw_only=True):
+    psid: str
+    code: str  # the provider's code/subcode (e.g. 551/1545041), or the reason given to the API
+    suppressed_at: str
+
+
+class SuppressionPage(msgspec.Struct, kw_only=True):
+    items: list[SuppressionItem]
+    next: str | None  # pass as ?after= for the next page; null at the end
+
+
+class SuppressAdded(msgspec.Struct, kw_only=True):
+    added: int  # newly suppressed (the others were already, their reason is updated)
+    total: int
+
+
+class PersonView(msgspec.Struct, kw_only=True):
+    page_id: str
+    psid: str
+    last_interaction_at: str | None  # from the page's webhooks; forgotten after 8 days
+    in_window: bool  # an interaction in the last 24 hours
+    suppressed: SuppressionItem | None
 
 
 class ErrorBody(msgspec.Struct):

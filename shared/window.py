@@ -17,6 +17,7 @@ skip every recipient).
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from collections.abc import Sequence
 from importlib import resources
@@ -76,3 +77,20 @@ async def heard_since(redis: Redis, page_id: str) -> int | None:
 def flowing_a_day(first_s: int | None, now_s: float) -> bool:
     """The page's webhooks have been flowing for the whole of one window."""
     return first_s is not None and now_s - first_s >= WINDOW_S
+
+
+async def rule_for(
+    redis: Redis, page_id: str, messaging_type: str, asked: str, has_fallback: bool
+) -> str:
+    """The window rule a new job gets: what it asked; "require" when it carries a fallback
+    (whose point is people outside the window); else "require" for the window's lanes
+    (RESPONSE, UPDATE) on a page heard from for 24 hours, and "ignore" otherwise, so a page
+    not wired to webhooks does not skip every recipient."""
+    if asked:
+        return asked
+    if has_fallback:
+        return "require"
+    if messaging_type not in ("RESPONSE", "UPDATE"):
+        return "ignore"
+    first_s = await heard_since(redis, page_id)
+    return "require" if flowing_a_day(first_s, time.time()) else "ignore"

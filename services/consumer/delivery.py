@@ -56,6 +56,7 @@ class JobSpec:
         *("_messaging_type", "_personalised", "_prefix", "_rest", "_suffix", "_tag"),
         *("head", "job_id", "keys", "limiter", "message", "page_id", "stopped"),
         "_meta",
+        *("_fallback", "suppress", "window_require"),
     )
 
     def __init__(
@@ -68,8 +69,20 @@ class JobSpec:
         messaging_type: str,
         tag: str | None,
         personal: bool = False,
+        *,
+        window_require: bool = False,
+        suppress: bool = False,
+        fallback: Message | None = None,
     ) -> None:
         self.keys = keys
+        self.window_require = window_require  # screen.py: who is outside the 24-hour window
+        self.suppress = suppress  # screen.py: skip the page's suppressed people
+        # For people outside the window: Meta's utility lane, a template and no tag.
+        self._fallback = (
+            None
+            if fallback is None
+            else b'},"message":' + messages.encode(fallback) + b',"messaging_type":"UTILITY"}'
+        )
         self.job_id = keys.job_id
         self.page_id = page_id
         self.head = head  # the framed request head, page token included: memory only
@@ -105,6 +118,15 @@ class JobSpec:
         receipts.py); job ids and positions need no JSON escaping."""
         return b'%s,"metadata":"%s%d"}' % (body[:-1], self._meta, position)
 
+    @property
+    def has_fallback(self) -> bool:
+        return self._fallback is not None
+
+    def fallback_body(self, psid: str) -> bytes:
+        if self._fallback is None:
+            raise RuntimeError(f"job {self.job_id} has no fallback message")
+        return self._prefix + json_encode(psid) + self._fallback
+
 
 class ChunkWork:
     """One chunk in progress: what is left, what each recipient came to."""
@@ -119,6 +141,7 @@ class ChunkWork:
         self.unwritten: dict[int, Batch] = {}  # index -> the batch carrying its latest record
         self.attempts: dict[int, int] = {}
         self.unsubmitted = len(chunk.ids)
+        self.fallback: frozenset[int] = frozenset()  # indexes sent the job's utility fallback
         self.requeue = False  # stopped early by a pause: the chunk goes back to the backlog
         self.remaining = 0  # submitted and not yet settled
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -180,8 +203,12 @@ class Senders:
         max_attempts: int,
         on_fatal: Callable[[JobSpec, Decision], None],
         retry_budget_s: float = 600.0,
+        on_suppress: Callable[[JobSpec, str, Decision], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
+        # An answer permanent for the person: they join the page's suppression list before the
+        # sender moves on, so a job started after this one ended never asks Meta again.
+        self.on_suppress = on_suppress
         self.max_attempts = max_attempts  # transient answers while the page is healthy
         self.retry_budget_s = retry_budget_s
         self.on_fatal = on_fatal  # also told of a restricted page (verdict "restricted")
@@ -229,7 +256,10 @@ class Senders:
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
         chunk = work.chunk
-        body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
+        if index in work.fallback:
+            body: bytes | Decision = spec.fallback_body(chunk.ids[index])
+        else:
+            body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
         if isinstance(body, Decision):
             work.fail(index, body, attempt)
             metrics.MESSAGES.labels("failed", body.code).inc()
@@ -271,6 +301,8 @@ class Senders:
             return
         work.fail(index, decision, attempt)
         metrics.MESSAGES.labels("failed", decision.code).inc()
+        if decision.suppress and self.on_suppress is not None:
+            await self.on_suppress(spec, chunk.ids[index], decision)
         if verdict == "fatal":
             self.on_fatal(spec, decision)
         work.settle()

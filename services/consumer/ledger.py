@@ -43,6 +43,9 @@ class JobFields(msgspec.Struct, frozen=True):
     messaging_type: str
     tag: str | None
     personal: bool  # the message has placeholders, filled per recipient
+    window_require: bool = False  # skip (or send the fallback to) people outside the window
+    suppress: bool = True  # skip the page's suppressed people
+    fallback: Message | None = None  # the utility template for people outside the window
 
 
 class Begun(msgspec.Struct, frozen=True):
@@ -65,20 +68,32 @@ def _text(value: bytes | None) -> str:
 async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
     """What every message of the job shares; None when the job no longer exists."""
     names = ["page_id", "message", "text", "messaging_type", "tag", "personal"]
+    names += ["window_rule", "suppress", "fallback"]
     values = await redis.hmget(k.hash, names)
-    page_id, message, text, messaging_type, tag, personal = cast(list[bytes | None], values)
+    page_id, message, text, messaging_type, tag, personal, *listening = cast(
+        list[bytes | None], values
+    )
     if page_id is None:
         return None
     # A job written by a producer of the text-only release has no `message` field.
     decoded = messages.decode(message) if message else Message(text=_text(text))
+    window_rule, suppress, fallback = listening
     return JobFields(
-        _text(page_id), decoded, _text(messaging_type), _text(tag) or None, bool(personal)
+        _text(page_id),
+        decoded,
+        _text(messaging_type),
+        _text(tag) or None,
+        bool(personal),
+        window_rule == b"require",
+        suppress != b"0",  # jobs from before suppressions check them too
+        messages.decode(fallback) if fallback else None,
     )
 
 
 async def begin(scripts: Scripts, k: keys.JobKeys, start: int, count: int) -> Begun:
     reply = await scripts.begin_chunk(
-        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt, k.stats], args=[start, count]
+        keys=[k.hash, k.attempted, k.sent, k.failed, k.indoubt, k.stats, k.skipped],
+        args=[start, count],
     )
     return Begun(_text(reply[0]), _text(reply[1]))
 
@@ -98,7 +113,7 @@ async def finish(
     reply = await scripts.finish_chunk(
         keys=[
             *(k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt),
-            *(k.stats, k.ended, k.callbacks),
+            *(k.stats, k.ended, k.callbacks, k.fallback),
         ],
         args=[
             *(keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP),
@@ -113,10 +128,29 @@ async def finish(
 async def record(scripts: Scripts, k: keys.JobKeys, outcome: Outcome) -> tuple[int, int]:
     """Record answers as they arrive; how many became sent and failed."""
     reply = await scripts.record_answers(
-        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt],
+        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt, k.fallback],
         args=[msgpack_encode(outcome), ERRORS_CAP],
     )
     return int(reply[0]), int(reply[1])
+
+
+class Skip(msgspec.Struct, array_like=True):
+    """A recipient skipped at dispatch, with why (as skip_recipients.lua reads it)."""
+
+    pos: int
+    recipient: str
+    code: str  # window_closed | suppressed
+    message: str
+
+
+async def skip(scripts: Scripts, k: keys.JobKeys, skipped: list[Skip], fallback: list[int]) -> int:
+    """Record recipients skipped at dispatch and those routed to the fallback, before any POST;
+    how many became skipped (a repeat counts nothing)."""
+    reply = await scripts.skip_recipients(
+        keys=[k.hash, k.sent, k.failed, k.skipped, k.skips, k.fallback],
+        args=[msgpack_encode(skipped), msgpack_encode(fallback), ERRORS_CAP],
+    )
+    return int(reply)
 
 
 async def retrying(call: Callable[[], Awaitable[T]], what: str) -> T:

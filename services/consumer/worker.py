@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from typing import cast
 
@@ -20,12 +21,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.consumer import ledger
+from services.consumer import ledger, screen
 from services.consumer.attachments import Uploads, is_media
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.limiter import Limiters
 from services.consumer.recorder import FLUSH_AT, Recorder
-from shared import audit, control, keys, metrics
+from shared import audit, control, keys, metrics, suppressions
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
 from shared.provider import MessengerClient
@@ -112,6 +113,7 @@ class Consumer:
             self.settings.max_attempts,
             self._stop_job,
             self.settings.retry_budget_s,
+            self._suppress,
         )
         await self._join_groups()
         upkeep = Upkeep(self)
@@ -307,26 +309,68 @@ class Consumer:
         batch attempted just before; stop early if the job was stopped."""
         assert self._senders is not None
         chunk, spec = work.chunk, work.spec
+        sendable = await self._screen(work)
         offset = 0
-        while offset < len(chunk.ids) and not spec.stopped:
+        while offset < len(sendable) and not spec.stopped:
             held.waiting = True
             self._room.set()  # waiting frees capacity for other pages' chunks
             try:
                 taken = await ledger.retrying(
-                    partial(spec.limiter.take, len(chunk.ids) - offset), "take permits"
+                    partial(spec.limiter.take, len(sendable) - offset), "take permits"
                 )
             finally:
                 held.waiting = False
-            begin = partial(ledger.begin, self.scripts, spec.keys, chunk.start + offset, taken)
+            batch = sendable[offset : offset + taken]
+            # One range per batch: recipients skipped inside it read as finished.
+            first, span = batch[0], batch[-1] - batch[0] + 1
+            begin = partial(ledger.begin, self.scripts, spec.keys, chunk.start + first, span)
             begun = await ledger.retrying(begin, "begin chunk")
             if begun.status not in ("pending", "running"):
                 # Paused: the rest waits for resume. Stopped, completed or gone: nothing to do.
                 work.requeue = begun.status == "paused"
                 break
-            todo = [offset + i for i, s in enumerate(begun.states) if s != ledger.FINISHED]
-            self._senders.submit(work, todo, taken)
-            offset += taken
+            todo = [i for i in batch if begun.states[i - first] != ledger.FINISHED]
+            self._senders.submit(work, todo, len(batch))
+            offset += len(batch)
         work.all_submitted()
+
+    async def _screen(self, work: ChunkWork) -> list[int]:
+        """Skip (or route to the fallback) who must not get the message, with one read and at
+        most one script call per chunk, before any permit is taken; the indexes to send."""
+        chunk, spec = work.chunk, work.spec
+        screened = await ledger.retrying(
+            partial(
+                screen.screen,
+                self.redis,
+                spec.page_id,
+                chunk,
+                require_window=spec.window_require,
+                suppress=spec.suppress,
+                has_fallback=spec.has_fallback,
+            ),
+            "screen chunk",
+        )
+        if not (screened.skipped or screened.fallback):
+            return list(range(len(chunk.ids)))
+        fallback = [chunk.start + i for i in screened.fallback]
+        skip = partial(ledger.skip, self.scripts, spec.keys, screened.skipped, fallback)
+        await ledger.retrying(skip, "skip recipients")
+        for s in screened.skipped:
+            metrics.MESSAGES.labels("skipped", s.code).inc()
+        work.fallback = frozenset(screened.fallback)
+        gone = screened.skipped_indexes(chunk.start)
+        work.unsubmitted -= len(gone)
+        return [i for i in range(len(chunk.ids)) if i not in gone]
+
+    async def _suppress(self, spec: JobSpec, psid: str, decision: Decision) -> None:
+        code = f"{decision.code}/{decision.subcode}" if decision.subcode else decision.code
+        now_ms = int(time.time() * 1000)
+        try:
+            await suppressions.add(self.redis, spec.page_id, [psid], code, now_ms)
+        except (RedisError, OSError) as exc:
+            # The person's next permanent answer suppresses them; nothing else is lost.
+            extra = {"job_id": spec.job_id, "error": str(exc)}
+            log.warning("suppression not recorded", extra=extra)
 
     def _recorder(self, k: keys.JobKeys) -> Recorder:
         """The job's recorder, shared by the chunks of the job this consumer holds."""
@@ -362,6 +406,9 @@ class Consumer:
             fields.messaging_type,
             fields.tag,
             fields.personal,
+            window_require=fields.window_require,
+            suppress=fields.suppress,
+            fallback=fields.fallback,
         )
         spec.stopped = message is None  # the job ended, or its attachment could not be uploaded
         self._specs[k.job_id] = spec

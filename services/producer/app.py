@@ -23,7 +23,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.producer import intake, jobs, lifecycle, observe, openapi, page, upload, webhooks
+from services.producer import (
+    intake,
+    jobs,
+    lifecycle,
+    observe,
+    openapi,
+    page,
+    people,
+    upload,
+    webhooks,
+)
 from services.producer.common import (
     State,
     authenticate,
@@ -33,7 +43,7 @@ from services.producer.common import (
     limit_param,
     state_of,
 )
-from shared import audit, keys, pagestate
+from shared import audit, keys, pagestate, window
 from shared.errors import ApiError
 from shared.jobview import ENDED
 from shared.models import (
@@ -77,6 +87,14 @@ async def submit_job(request: Request) -> Response:
     else:
         message = "send the job as application/json, or multipart/form-data with a CSV"
         raise ApiError(415, "unsupported_media_type", message)
+    fields = prepared.fields
+    fields["window_rule"] = await window.rule_for(
+        state.redis,
+        fields["page_id"],
+        fields["messaging_type"],
+        fields["window_asked"],
+        bool(fields["fallback"]),
+    )
     await _admit(state, prepared)
     committed = await jobs.commit(
         state.redis, state.scripts, prepared, state.settings.window, state.settings.retention_s
@@ -157,7 +175,11 @@ async def get_errors(request: Request) -> Response:
             422, "invalid_field", "after must be a `next` value from a previous page", "after"
         )
     limit = limit_param(request, 100, 1000)
-    return json_response(await jobs.errors(state.redis, job_id, after, limit))
+    outcome = request.query_params.get("outcome", "failed")
+    if outcome not in ("failed", "skipped"):
+        raise ApiError(422, "invalid_field", "outcome must be failed or skipped", "outcome")
+    skipped = outcome == "skipped"
+    return json_response(await jobs.errors(state.redis, job_id, after, limit, skipped))
 
 
 async def healthz(request: Request) -> Response:
@@ -235,6 +257,14 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/v1/jobs/{job_id}/cancel", lifecycle.cancel_job, methods=["POST"]),
         Route("/webhooks/messenger", webhooks.verify, methods=["GET"]),
         Route("/webhooks/messenger", webhooks.receive, methods=["POST"]),
+        Route("/v1/pages/{page_id}/suppressions", people.list_suppressions, methods=["GET"]),
+        Route("/v1/pages/{page_id}/suppressions", people.add_suppressions, methods=["POST"]),
+        Route(
+            "/v1/pages/{page_id}/suppressions/{psid}",
+            people.remove_suppression,
+            methods=["DELETE"],
+        ),
+        Route("/v1/pages/{page_id}/people/{psid}", people.get_person, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", observe.metrics_endpoint, methods=["GET"]),

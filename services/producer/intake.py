@@ -85,11 +85,38 @@ def check_spec(
         raise ApiError(
             422, "unknown_page", f"page {spec.page_id} has no configured page token", "page_id"
         )
+    check_fallback(spec, recipients)
     if spec.metadata is not None and len(json_encode(spec.metadata)) > _MAX_METADATA:
         raise ApiError(
             422, "invalid_field", f"metadata exceeds {_MAX_METADATA} bytes as JSON", "metadata"
         )
     return Personalised(spec.message)
+
+
+def check_fallback(spec: UploadSpec, recipients: int | None) -> None:
+    """A fallback is a UTILITY template for people outside the window of a RESPONSE or UPDATE
+    job, so it needs the window checked; its placeholders take their defaults."""
+    if spec.fallback is None:
+        return
+    if spec.messaging_type not in ("RESPONSE", "UPDATE"):
+        message = "a fallback is for RESPONSE and UPDATE jobs, the lanes bound to the window"
+        raise ApiError(422, "invalid_field", message, "fallback")
+    if spec.window == "ignore":
+        message = 'a fallback goes to people outside the window: it needs window "require"'
+        raise ApiError(422, "invalid_field", message, "window")
+    try:
+        messages.check_lane("UTILITY", None, spec.fallback, recipients)
+        if spec.fallback.template is None:
+            raise ApiError(422, "invalid_field", "a fallback is a message.template", "template")
+        Personalised(spec.fallback).render({})
+    except ApiError as exc:
+        field = (exc.field or "").removeprefix("message.").removeprefix("message")
+        where = f"fallback.{field}" if field else "fallback"
+        raise ApiError(exc.status, exc.code, exc.message, where) from None
+    except RenderError as exc:
+        field = (exc.field or "").removeprefix("message.").removeprefix("message")
+        where = f"fallback.{field}" if field else "fallback"
+        raise ApiError(422, "invalid_field", exc.message, where) from None
 
 
 async def check_callback(url: str | None, settings: ProducerSettings) -> None:

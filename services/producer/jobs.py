@@ -84,7 +84,16 @@ def job_fields(
         "chunks": chunks,
         "chunk_size": settings.chunk_size,
         "window": settings.window,
+        # The job's own window rule; the producer writes the one that applies (window_rule).
+        "window_asked": spec.window or "",
+        "suppress": "1" if spec.suppress else "0",
+        "fallback": "" if spec.fallback is None else fallback_json(spec.fallback),
     }
+
+
+def fallback_json(message: Message) -> str:
+    """The fallback as sent: its placeholders filled with their defaults."""
+    return messages.encode(messages.Personalised(message).render({})).decode()
 
 
 def prepare(
@@ -157,10 +166,14 @@ async def read(redis: Redis, job_id: str, tenant: str) -> JobView | None:
     return found[1]
 
 
-async def errors(redis: Redis, job_id: str, after: str | None, limit: int) -> ErrorPage:
-    """One page of the job's failure records, oldest first."""
+async def errors(
+    redis: Redis, job_id: str, after: str | None, limit: int, skipped: bool = False
+) -> ErrorPage:
+    """One page of the job's failure records (or ``skipped``: of the recipients skipped at
+    dispatch, with their reason as the code), oldest first."""
     start = f"({after}" if after else "-"
-    raw = await redis.xrange(keys.JobKeys.of(job_id).errors, start, "+", count=limit)
+    k = keys.JobKeys.of(job_id)
+    raw = await redis.xrange(k.skips if skipped else k.errors, start, "+", count=limit)
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], raw)
     items = [
         ErrorItem(

@@ -20,6 +20,10 @@ from shared.models import (
     JobRequest,
     JobStatusName,
     JobView,
+    PersonView,
+    SuppressAdded,
+    SuppressionPage,
+    SuppressRequest,
     UploadSpec,
     json_encode,
 )
@@ -85,7 +89,10 @@ def _health() -> dict[str, Any]:
 
 def build() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse],
+        [
+            *(JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse),
+            *(SuppressRequest, SuppressAdded, SuppressionPage, PersonView),
+        ],
         ref_template=_REF,
     )
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -168,9 +175,18 @@ def build() -> dict[str, Any]:
             "/v1/jobs/{job_id}/errors": {
                 "get": {
                     "operationId": "listJobErrors",
-                    "parameters": [job_id, *page],
+                    "parameters": [
+                        job_id,
+                        *page,
+                        {
+                            "name": "outcome",
+                            "in": "query",
+                            "description": "failed (default), or skipped at dispatch with why",
+                            "schema": {"enum": ["failed", "skipped"]},
+                        },
+                    ],
                     "responses": {
-                        "200": _answer("ErrorPage", "failures"),
+                        "200": _answer("ErrorPage", "failures, or skipped recipients"),
                         **_errors(401, 404, 422),
                     },
                 }
@@ -191,8 +207,56 @@ def build() -> dict[str, Any]:
             "/v1/jobs/{job_id}/pause": {"post": control("pauseJob")},
             "/v1/jobs/{job_id}/resume": {"post": control("resumeJob")},
             "/v1/jobs/{job_id}/cancel": {"post": control("cancelJob")},
+            **_people(page),
             **_health(),
             "/webhooks/messenger": _webhooks(),
+        },
+    }
+
+
+def _people(page: list[dict[str, Any]]) -> dict[str, Any]:
+    """The page's suppression list and one person's state; a page not the tenant's is 403."""
+    page_id = {"name": "page_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    psid = {"name": "psid", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/v1/pages/{page_id}/suppressions": {
+            "get": {
+                "operationId": "listSuppressions",
+                "parameters": [page_id, *page],
+                "responses": {
+                    "200": _answer("SuppressionPage", "in PSID order"),
+                    **_errors(401, 403, 422),
+                },
+            },
+            "post": {
+                "operationId": "addSuppressions",
+                "parameters": [page_id],
+                "requestBody": {"required": True, "content": _json("SuppressRequest")},
+                "responses": {
+                    "200": _answer("SuppressAdded", "suppressed"),
+                    **_errors(400, 401, 403, 413, 422),
+                },
+            },
+        },
+        "/v1/pages/{page_id}/suppressions/{psid}": {
+            "delete": {
+                "operationId": "removeSuppression",
+                "parameters": [page_id, psid],
+                "responses": {
+                    "204": {"description": "no longer suppressed"},
+                    **_errors(401, 403, 404, 422),
+                },
+            }
+        },
+        "/v1/pages/{page_id}/people/{psid}": {
+            "get": {
+                "operationId": "getPerson",
+                "parameters": [page_id, psid],
+                "responses": {
+                    "200": _answer("PersonView", "what fanout knows of the person"),
+                    **_errors(401, 403, 422),
+                },
+            }
         },
     }
 

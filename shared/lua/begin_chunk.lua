@@ -6,7 +6,8 @@
 --   this send, so a recipient found in doubt on each of two redeliveries counts 2).
 -- A call retried after its reply was lost finds its own marks and counts them in doubt: an
 -- over-count, never an under-count.
--- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt, 6 shard job stats
+-- KEYS: 1 job hash, 2 attempted, 3 sent, 4 failed, 5 indoubt, 6 shard job stats, 7 skipped at
+--       dispatch (absent from older callers)
 -- ARGV: 1 start position, 2 count
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing', ''}
@@ -18,7 +19,8 @@ if status == 'pending' or status == 'running' then
   local new_doubts = 0
   for i = 0, tonumber(ARGV[2]) - 1 do
     local p = start + i
-    if redis.call('GETBIT', KEYS[3], p) == 1 or redis.call('GETBIT', KEYS[4], p) == 1 then
+    if redis.call('GETBIT', KEYS[3], p) == 1 or redis.call('GETBIT', KEYS[4], p) == 1
+        or (KEYS[7] and redis.call('GETBIT', KEYS[7], p) == 1) then
       states[#states + 1] = '1'
     elseif redis.call('SETBIT', KEYS[2], p, 1) == 1 then
       -- Counted per send, not per recipient: each resend may be one more duplicate.

@@ -3,7 +3,8 @@
 -- Counters move only when a ledger bit flips, and the next chunk is released only by the call
 -- whose XACK removed the entry, so a retried call or a zombie consumer changes nothing twice.
 -- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
---       8 indoubt, 9 shard job stats, 10 shard ended jobs, 11 shard due callbacks
+--       8 indoubt, 9 shard job stats, 10 shard ended jobs, 11 shard due callbacks,
+--       12 fallback (absent from older callers)
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
 --       subcode, message, attempts]...], [doubtful pos...]]: each doubtful entry is one send
 --       that may have reached the person twice, see record_outcome), 4 dead-letter reason
@@ -16,7 +17,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   return {0, 0, acked, 0, 'missing'}
 end
 local sent, failed = record_outcome(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8],
-  cmsgpack.unpack(ARGV[3]), ARGV[6])
+  cmsgpack.unpack(ARGV[3]), ARGV[6], KEYS[12])
 
 local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
 local released = 0

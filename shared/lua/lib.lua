@@ -29,13 +29,20 @@ end
 -- recording the same answer twice changes nothing; but every doubtful entry counts one send
 -- that may have reached the person twice (one recipient resent twice counts 2), so a caller
 -- passes each doubt once. Returns how many became sent and failed.
-local function record_outcome(hash, sent_bits, failed_bits, errors, indoubt_bits, outcome, cap)
-  local sent, failed = 0, 0
+-- fallback_bits (may be nil): recipients sent the job's utility fallback, counted in
+-- `fallback_sent` as their sent bit flips.
+local function record_outcome(hash, sent_bits, failed_bits, errors, indoubt_bits, outcome, cap,
+    fallback_bits)
+  local sent, failed, fallbacks = 0, 0, 0
   for _, p in ipairs(outcome[1]) do
     if redis.call('GETBIT', failed_bits, p) == 0 and redis.call('SETBIT', sent_bits, p, 1) == 0 then
       sent = sent + 1
+      if fallback_bits and redis.call('GETBIT', fallback_bits, p) == 1 then
+        fallbacks = fallbacks + 1
+      end
     end
   end
+  if fallbacks > 0 then redis.call('HINCRBY', hash, 'fallback_sent', fallbacks) end
   for _, f in ipairs(outcome[2]) do
     local p = f[1]
     if redis.call('GETBIT', sent_bits, p) == 0 and redis.call('SETBIT', failed_bits, p, 1) == 0 then

@@ -1,0 +1,74 @@
+"""Who of a chunk is not sent the job's message, decided at dispatch without any API call.
+
+One pipelined read per chunk (not per recipient) asks the page's suppression list (one HMGET)
+and, when the job requires the 24-hour window, each recipient's window bucket:
+
+  suppressed                  skipped, code ``suppressed`` (unless the job set suppress false)
+  outside the window          the job's utility ``fallback`` when it has one, else skipped
+                              with code ``window_closed``
+  anyone else                 sent as usual
+"""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+import msgspec
+from redis.asyncio import Redis
+
+from services.consumer.ledger import Skip
+from shared import keys, window
+from shared.models import Chunk
+
+_SUPPRESSED = "the person is on the page's suppression list"
+_CLOSED = "no interaction from the person in the last 24 hours"
+
+
+class Screened(msgspec.Struct):
+    skipped: list[Skip]  # by position in the job
+    fallback: list[int]  # indexes in the chunk to send the fallback to
+
+    def skipped_indexes(self, start: int) -> set[int]:
+        return {s.pos - start for s in self.skipped}
+
+
+NOTHING = Screened([], [])
+
+
+async def screen(
+    redis: Redis,
+    page_id: str,
+    chunk: Chunk,
+    *,
+    require_window: bool,
+    suppress: bool,
+    has_fallback: bool,
+) -> Screened:
+    if not (require_window or suppress) or not chunk.ids:
+        return NOTHING
+    ids = chunk.ids
+    async with redis.pipeline(transaction=False) as pipe:
+        if suppress:
+            pipe.hmget(keys.suppressions(page_id), ids)
+        if require_window:
+            for psid in ids:
+                pipe.hget(keys.window_bucket(page_id, window.bucket_of(psid)), psid)
+        replies = cast(list[object], await pipe.execute())
+    suppressed = cast(list[bytes | None], replies[0]) if suppress else [None] * len(ids)
+    lasts = cast(list[bytes | None], replies[1:] if suppress else replies)
+    now_s = time.time()
+    skipped: list[Skip] = []
+    fallback: list[int] = []
+    for i, psid in enumerate(ids):
+        if suppressed[i] is not None:
+            skipped.append(Skip(chunk.start + i, psid, "suppressed", _SUPPRESSED))
+        elif require_window:
+            last = lasts[i]
+            if window.in_window(None if last is None else int(last), now_s):
+                continue
+            if has_fallback:
+                fallback.append(i)
+            else:
+                skipped.append(Skip(chunk.start + i, psid, "window_closed", _CLOSED))
+    return Screened(skipped, fallback)

@@ -1,0 +1,264 @@
+"""Using what Meta tells us (issue 12, items 2 and 3): the 24-hour window and the page's
+suppression list, applied at dispatch without any API call, on real processes.
+
+Until the webhook receiver feeds it end to end, these tests open people's windows through
+``shared.window.touch`` itself (the function the receiver calls for every inbound event that
+opens the window), run against the test's own redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from conftest import API_TOKENS, OTHER_PAGE, PAGE, RedisServer, Stack, psids, wait_for
+from redis.asyncio import Redis as AsyncRedis
+
+from shared import keys, window
+
+UTILITY = {
+    "template": {
+        "name": "order_update",
+        "language": {"code": "en_US"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "shipped"}]}],
+    }
+}
+
+
+def touch_all(url: str, page_id: str, people: list[str], ts_ms: int) -> None:
+    """Open the window of each person as an inbound message at ts_ms would."""
+
+    async def run() -> None:
+        client = AsyncRedis.from_url(url)
+        try:
+            for psid in people:
+                await window.touch(client, page_id, psid, ts_ms)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def start(stack: Stack, *fake_args: str) -> httpx.Client:
+    stack.start_fakegraph(*fake_args)
+    api = stack.start_producer()
+    stack.start_consumer("c1")
+    return api
+
+
+def bodies(stack: Stack) -> dict[str, dict[str, Any]]:
+    assert stack.fake is not None
+    data: dict[str, dict[str, Any]] = stack.fake.http.get("/_fake/bodies").json()
+    return data
+
+
+def test_touch_keeps_the_newest_time_once_and_stays_a_listpack(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    now_ms = int(time.time() * 1000)
+    touch_all(redis_server.url, PAGE, ["111"], now_ms - 5_000)
+    touch_all(redis_server.url, PAGE, ["111"], now_ms - 60_000)  # late and older: ignored
+    touch_all(redis_server.url, PAGE, ["111"], now_ms - 5_000)  # a replay: nothing changes
+    touch_all(redis_server.url, PAGE, ["222"], now_ms - 9 * 86400 * 1000)  # too old to keep
+    bucket = keys.window_bucket(PAGE, window.bucket_of("111"))
+    assert r.hget(bucket, "111") == str((now_ms - 5_000) // 1000).encode()
+    assert r.hget(keys.window_bucket(PAGE, window.bucket_of("222")), "222") is None
+    assert r.object("encoding", bucket) == b"listpack"
+    assert 0 < r.ttl(bucket) <= window.KEEP_S
+    # The page has been heard from since its oldest event, not its newest.
+    heard = r.hget(keys.window_heard(PAGE), "first")
+    assert heard == str((now_ms - 9 * 86400 * 1000) // 1000).encode()
+
+
+def test_update_job_requiring_the_window_sends_only_to_people_in_it(stack: Stack) -> None:
+    api = start(stack)
+    people = psids(2000)
+    inside, outside = people[:1000], people[1000:]
+    now_ms = int(time.time() * 1000)
+    touch_all(stack.redis_server.url, PAGE, inside, now_ms - 3600_000)
+    touch_all(stack.redis_server.url, PAGE, outside[:10], now_ms - 25 * 3600_000)  # closed
+    job_id = stack.submit(people, window="require")
+    job = stack.wait_done(job_id, 30)
+    assert (job["status"], job["sent"], job["failed"], job["skipped"]) == (
+        "completed",
+        1000,
+        0,
+        1000,
+    )
+    assert (job["window"], job["window_default"]) == ("require", False)
+    assert job["skipped_reasons"] == {"window_closed": 1000}
+    assert stack.fake is not None and stack.fake.stats()["requests"] == 1000
+    assert sorted(bodies(stack)) == inside
+    skipped: list[str] = []
+    after = None
+    while True:
+        params: dict[str, Any] = {"outcome": "skipped", "limit": 300}
+        if after:
+            params["after"] = after
+        page = api.get(f"/v1/jobs/{job_id}/errors", params=params).json()
+        skipped += [item["recipient"] for item in page["items"]]
+        assert {item["code"] for item in page["items"]} <= {"window_closed"}
+        after = page["next"]
+        if after is None:
+            break
+    assert sorted(skipped) == outside
+    assert api.get(f"/v1/jobs/{job_id}/errors").json()["items"] == []  # no failures
+    person = api.get(f"/v1/pages/{PAGE}/people/{inside[0]}").json()
+    assert (person["in_window"], person["suppressed"]) == (True, None)
+    assert person["last_interaction_at"] is not None
+    closed = api.get(f"/v1/pages/{PAGE}/people/{outside[0]}").json()
+    assert (closed["in_window"], closed["last_interaction_at"] is None) == (False, False)
+    unknown = api.get(f"/v1/pages/{PAGE}/people/{outside[-1]}").json()
+    assert (unknown["in_window"], unknown["last_interaction_at"]) == (False, None)
+
+
+def test_utility_fallback_goes_to_people_outside_the_window(stack: Stack) -> None:
+    start(stack)
+    people = psids(2000)
+    inside, outside = people[:1000], people[1000:]
+    touch_all(stack.redis_server.url, PAGE, inside, int(time.time() * 1000))
+    job_id = stack.submit(people, fallback=UTILITY)
+    job = stack.wait_done(job_id, 30)
+    assert (job["sent"], job["skipped"], job["fallback_sent"]) == (2000, 0, 1000)
+    assert (job["window"], job["window_default"]) == ("require", True)
+    sent = bodies(stack)
+    free_form = sorted(p for p, b in sent.items() if "text" in b["message"])
+    templates = sorted(p for p, b in sent.items() if "template" in b["message"])
+    assert (free_form, templates) == (inside, outside)
+    sent[outside[0]].pop("metadata", None)  # receipts' correlation, not this test's concern
+    assert sent[outside[0]] == {
+        "recipient": {"id": outside[0]},
+        "message": UTILITY,
+        "messaging_type": "UTILITY",
+    }
+    assert sent[inside[0]]["messaging_type"] == "UPDATE"
+
+
+def test_blocked_people_are_suppressed_and_skipped_until_deleted(stack: Stack) -> None:
+    people = psids(1000)
+    blocked = people[::100]  # 1%
+    api = start(stack, "--blocked", ",".join(blocked))
+    assert stack.fake is not None
+    first = stack.wait_done(stack.submit(people), 30)
+    assert (first["sent"], first["failed"], first["error_codes"]) == (990, 10, {"551": 10})
+    listed = api.get(f"/v1/pages/{PAGE}/suppressions", params={"limit": 1000}).json()
+    assert [i["psid"] for i in listed["items"]] == sorted(blocked)
+    assert {i["code"] for i in listed["items"]} == {"551/1545041"}
+    assert listed["next"] is None
+
+    requests = stack.fake.stats()["requests"]
+    second = stack.wait_done(stack.submit(people), 30)
+    assert (second["sent"], second["failed"], second["skipped"]) == (990, 0, 10)
+    assert second["skipped_reasons"] == {"suppressed": 10}
+    assert stack.fake.stats()["requests"] - requests == 990  # none to the blocked people
+    person = api.get(f"/v1/pages/{PAGE}/people/{blocked[0]}").json()
+    assert person["suppressed"]["code"] == "551/1545041"
+
+    # They unblocked the page: the user lifts one suppression and the next job reaches them.
+    stack.fake.configure(blocked=blocked[1:])
+    assert api.delete(f"/v1/pages/{PAGE}/suppressions/{blocked[0]}").status_code == 204
+    assert api.delete(f"/v1/pages/{PAGE}/suppressions/{blocked[0]}").status_code == 404
+    requests = stack.fake.stats()["requests"]
+    third = stack.wait_done(stack.submit(people), 30)
+    assert (third["sent"], third["failed"], third["skipped"]) == (991, 0, 9)
+    assert stack.fake.stats()["requests"] - requests == 991
+    # suppress: false asks Meta about everyone again (and they answer 551 once more).
+    fourth = stack.wait_done(stack.submit(people, suppress=False), 30)
+    assert (fourth["sent"], fourth["failed"], fourth["skipped"]) == (991, 9, 0)
+    assert fourth["suppress"] is False
+
+
+def test_window_default_requires_it_only_after_a_day_of_webhooks(stack: Stack) -> None:
+    stack.start_fakegraph()
+    api = stack.start_producer()  # no consumer: only the rule the job got matters here
+    now_ms = int(time.time() * 1000)
+    assert stack.job(stack.submit(["1"]))["window"] == "ignore"
+    touch_all(stack.redis_server.url, PAGE, ["7"], now_ms - 3600_000)  # heard for an hour
+    assert stack.job(stack.submit(["1"]))["window"] == "ignore"
+    touch_all(stack.redis_server.url, PAGE, ["8"], now_ms - 25 * 3600_000)  # and for a day
+    update = stack.job(stack.submit(["1"]))
+    assert (update["window"], update["window_default"]) == ("require", True)
+    tagged = stack.submit(["1"], messaging_type="MESSAGE_TAG", tag="HUMAN_AGENT")
+    assert stack.job(tagged)["window"] == "ignore"  # a tag's lane is not the 24-hour window
+    ignored = stack.job(stack.submit(["1"], window="ignore"))
+    assert (ignored["window"], ignored["window_default"]) == ("ignore", False)
+    assert api.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"fallback": {"text": "hi"}}, "fallback.template"),
+        ({"fallback": UTILITY, "window": "ignore"}, "window"),
+        ({"fallback": UTILITY, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}, "fallback"),
+        ({"window": "sometimes"}, "window"),
+        ({"suppress": "no"}, "suppress"),
+    ],
+)
+def test_bad_window_fields_are_refused_naming_them(
+    stack: Stack, extra: dict[str, Any], field: str
+) -> None:
+    api = stack.start_producer()
+    body = {"page_id": PAGE, "message": {"text": "hi"}, "recipients": ["1"]}
+    answer = api.post("/v1/jobs", json={**body, "messaging_type": "UPDATE", **extra})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == field
+    assert stack.r.dbsize() == 0
+
+
+def test_people_routes_refuse_bad_input_and_other_tenants_pages(stack: Stack) -> None:
+    api = stack.start_producer()
+    base = f"/v1/pages/{PAGE}"
+
+    def refused(answer: httpx.Response, status: int, code: str, field: str | None) -> None:
+        assert answer.status_code == status, answer.text
+        assert (answer.json()["error"]["code"], answer.json()["error"]["field"]) == (code, field)
+
+    for answer in (
+        api.get(f"{base}/people/abc"),
+        api.delete(f"{base}/suppressions/12x"),
+    ):
+        refused(answer, 422, "invalid_field", "psid")
+    refused(api.get(f"{base}/suppressions", params={"after": "x"}), 422, "invalid_field", "after")
+    refused(api.get(f"{base}/suppressions", params={"limit": 0}), 422, "invalid_field", "limit")
+    bad = api.post(f"{base}/suppressions", json={"recipients": ["1", "b"]})
+    refused(bad, 422, "invalid_field", "recipients[1]")
+    refused(
+        api.post(f"{base}/suppressions", json={"recipients": []}),
+        422,
+        "invalid_field",
+        "recipients",
+    )
+    refused(api.post(f"{base}/suppressions", content=b"{"), 400, "invalid_json", None)
+    extra = api.post(f"{base}/suppressions", json={"recipients": ["1"], "why": "x"})
+    refused(extra, 422, "invalid_field", "why")
+    other = f"/v1/pages/{OTHER_PAGE}"
+    for answer in (
+        api.get(f"{other}/suppressions"),
+        api.post(f"{other}/suppressions", json={"recipients": ["1"]}),
+        api.delete(f"{other}/suppressions/1"),
+        api.get(f"{other}/people/1"),
+    ):
+        refused(answer, 403, "page_forbidden", "page_id")
+    assert stack.r.dbsize() == 0  # nothing written by any refusal
+
+    added = api.post(
+        f"{base}/suppressions", json={"recipients": ["5", "3", "4", "3"], "reason": "gdpr"}
+    )
+    assert added.status_code == 200 and added.json() == {"added": 3, "total": 3}
+    first = api.get(f"{base}/suppressions", params={"limit": 2}).json()
+    assert [i["psid"] for i in first["items"]] == ["3", "4"] and first["next"] == "4"
+    rest = api.get(f"{base}/suppressions", params={"limit": 2, "after": "4"}).json()
+    assert ([i["psid"] for i in rest["items"]], rest["next"]) == (["5"], None)
+    assert rest["items"][0]["code"] == "gdpr"
+    # The other tenant sees none of it, and cannot lift it.
+    theirs = httpx.get(
+        f"{api.base_url}{base}/people/3",
+        headers={"Authorization": f"Bearer {API_TOKENS['other']}"},
+    )
+    assert theirs.status_code == 403
+    wait_for(lambda: api.get(f"{base}/people/3").json()["suppressed"]["code"] == "gdpr", 5)
