@@ -33,8 +33,9 @@ the person.
                                  person blocked the page: bounded per recipient
   anything else      failed      with the provider's code and subcode
 
-Rows marked ``suppress`` below are permanent for the person (blocked the page, no such user
-(an unknown or invalid PSID), opted out): the person also joins the page's suppression list
+The pairs in ``SUPPRESS`` (551/1545041, 200/1545041, 100/2018001, 10/1893015) are permanent
+for the person: blocked the page, no such user (an unknown or invalid PSID), opted out. Their
+decision carries ``suppress``, and the person joins the page's suppression list
 (shared/suppressions.py), so later jobs skip them without asking Meta again.
 """
 

@@ -1,9 +1,11 @@
 """Using what Meta tells us (issue 12, items 2 and 3): the 24-hour window and the page's
 suppression list, applied at dispatch without any API call, on real processes.
 
-Until the webhook receiver feeds it end to end, these tests open people's windows through
-``shared.window.touch`` itself (the function the receiver calls for every inbound event that
-opens the window), run against the test's own redis-server.
+The window test is fed end to end: fakegraph sends people's messages as signed webhooks to the
+producer's receiver, and the consumers' event processing records them. Tests that need
+interactions at a chosen time (25 hours ago, a day of webhooks) call ``shared.window.touch``
+itself, the function that processing calls for every inbound event that opens the window, on
+the test's own redis-server.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from conftest import API_TOKENS, OTHER_PAGE, PAGE, RedisServer, Stack, psids, wa
 from redis.asyncio import Redis as AsyncRedis
 
 from shared import keys, window
+from shared.classify import classify
+from shared.models import GraphAnswer, GraphError
+from shared.provider import SendResult
 
 UTILITY = {
     "template": {
@@ -74,13 +79,45 @@ def test_touch_keeps_the_newest_time_once_and_stays_a_listpack(
     assert heard == str((now_ms - 9 * 86400 * 1000) // 1000).encode()
 
 
+@pytest.mark.parametrize(
+    ("code", "subcode", "suppress"),
+    [
+        (551, 1545041, True),  # blocked the page
+        (200, 1545041, True),
+        (100, 2018001, True),  # no matching user: an unknown or invalid PSID
+        (10, 1893015, True),  # opted out
+        (10, 2018278, False),  # outside the window: the person may write again
+        (613, 2018338, False),  # too many tagged messages: for now only
+        (100, None, False),  # a bad parameter is the message's fault, not the person's
+    ],
+)
+def test_answers_permanent_for_the_person_suppress_them(
+    code: int, subcode: int | None, suppress: bool
+) -> None:
+    answer = GraphAnswer(error=GraphError(code=code, error_subcode=subcode))
+    decision = classify(SendResult(400, answer, None, None, 0.01))
+    assert (decision.verdict, decision.suppress) == ("failed", suppress)
+
+
 def test_update_job_requiring_the_window_sends_only_to_people_in_it(stack: Stack) -> None:
-    api = start(stack)
+    stack.env["FANOUT_APP_SECRET"] = "app-secret-0123456789abcdef"
+    stack.env["FANOUT_WEBHOOK_VERIFY_TOKEN"] = "verify-token-0123456789"
+    api = stack.start_producer()  # first: fakegraph plays Meta's webhooks to it
+    stack.start_fakegraph("--webhook-url", f"{api.base_url}/webhooks/messenger")
+    stack.start_consumer("c1")
     people = psids(2000)
     inside, outside = people[:1000], people[1000:]
-    now_ms = int(time.time() * 1000)
-    touch_all(stack.redis_server.url, PAGE, inside, now_ms - 3600_000)
-    touch_all(stack.redis_server.url, PAGE, outside[:10], now_ms - 25 * 3600_000)  # closed
+    assert stack.fake is not None
+    stack.fake.http.post("/_fake/inbound", json={"page_id": PAGE, "psids": inside})
+    touch_all(stack.redis_server.url, PAGE, outside[:10], int(time.time() * 1000) - 25 * 3600_000)
+
+    def heard() -> bool:
+        pipe = stack.r.pipeline(transaction=False)
+        for p in inside:
+            pipe.hget(keys.window_bucket(PAGE, window.bucket_of(p)), p)
+        return all(found is not None for found in pipe.execute())
+
+    wait_for(heard, 20, "every inbound person's last interaction")
     job_id = stack.submit(people, window="require")
     job = stack.wait_done(job_id, 30)
     assert (job["status"], job["sent"], job["failed"], job["skipped"]) == (
