@@ -4,16 +4,45 @@ single Redis or a Redis Cluster alike.
 Every script touches one slot (a job's keys and its shard's streams share the hash tag
 ``{shard}``), every read names one stream, and no pipeline carries a script, so the same code
 runs on both. ``FANOUT_REDIS_CLUSTER`` says which; ``auto`` asks the server (INFO cluster).
+
+Failover (a master killed, its replica promoted). Two causes kept a service failing long
+after the promotion, each measured on a real 3+3 cluster (``scripts/soak-failover``):
+
+- **Scripts after a promotion.** A promoted replica's script cache is empty (scripts replicate
+  as their effects), so the first EVALSHA there answers NOSCRIPT. redis-py then sends SCRIPT
+  LOAD to the nodes *it believes* are primaries, and runs EVALSHA again on the slot's node.
+  redis-py 7.4 keeps a preserved node's old role on a topology refresh, so the promoted replica
+  is never a "primary" to it: SCRIPT LOAD never reaches it and every script on that shard
+  (``create_job``: every POST /v1/jobs) answers NOSCRIPT for good. Even where redis-py gets the
+  roles right, SCRIPT LOAD goes to every primary, so one unreachable master fails a script on
+  a healthy one. Here NOSCRIPT is answered with EVAL of the body, routed by the script's keys
+  to the one node that runs it (which caches it there), whatever the client thinks of roles.
+- **The node named in FANOUT_REDIS_URL.** A service that starts (a restart, a consumer added by
+  KEDA while lag grows) while that node is dead could not ask it whether it is a cluster, so it
+  fell back to a single-Redis client bound to the dead node: 503 and a ConnectionError on every
+  request, for as long as it ran; with ``FANOUT_REDIS_CLUSTER=true`` it did not start at all.
+  The URL may now name several nodes, ``redis://h1:6379,h2:6379/0``: any one that answers tells
+  what Redis is, all seed the cluster client (which then follows the topology it finds), a
+  cluster client that no seed answers comes up anyway and connects on first use (readiness
+  false until then), and several nodes named means a cluster.
+
+A running client re-reads the topology itself (redis-py refreshes on a connection error and
+follows MOVED), so once the scripts reach the right node it serves again within a second of
+the promotion; until the promotion, commands on the dead master's slots fail fast (503).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import cast
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
+from redis.typing import EncodableT, KeyT, ScriptTextT
 
 log = logging.getLogger("fanout.redis")
 
@@ -24,6 +53,47 @@ _OPTIONS = {
     "socket_connect_timeout": 5.0,
     "decode_responses": False,
 }
+
+
+class KeyedScript(AsyncScript):
+    """EVALSHA; on NOSCRIPT, EVAL of the body on the node the keys route to (see above)."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: Any = None,
+    ) -> Any:
+        target = client if client is not None else self.registered_client
+        keys = keys or []
+        argv = (*keys, *(args or []))
+        try:
+            return await target.evalsha(self.sha, len(keys), *argv)
+        except NoScriptError:
+            # EVAL takes the body as bytes too; redis-py's stubs say str only.
+            return await target.eval(cast(str, self.script), len(keys), *argv)
+
+
+class FanoutCluster(RedisCluster):
+    """RedisCluster whose registered scripts never depend on SCRIPT LOAD reaching every
+    primary (see the module docstring)."""
+
+    # The override is of the async mixin's method; mypy also sees the sync one beside it.
+    def register_script(self, script: ScriptTextT) -> AsyncScript:  # type: ignore[override]
+        return KeyedScript(self, script)
+
+
+def seed_urls(url: str) -> list[str]:
+    """One URL per node named in ``url`` (``redis://:pw@h1:6379,h2:6379/0`` names two)."""
+    parts = urlsplit(url)
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [url]
+    return [
+        urlunsplit(parts._replace(netloc=f"{credentials}{at}{host.strip()}"))
+        for host in hosts.split(",")
+        if host.strip()
+    ]
 
 
 def connect(url: str) -> Redis:
@@ -40,25 +110,49 @@ async def is_cluster(url: str) -> bool:
     return bool(int(info.get("cluster_enabled", 0)))
 
 
+async def _detect(seeds: list[str]) -> str:
+    """ "true" or "false", from the first seed that answers."""
+    error: Exception | None = None
+    for seed in seeds:
+        try:
+            return "true" if await is_cluster(seed) else "false"
+        except (RedisError, OSError) as exc:
+            error = exc
+    if len(seeds) > 1:
+        return "true"  # only a cluster is named by several nodes
+    # Redis down at start: come up anyway (readiness says not ready) as a single Redis.
+    log.warning(
+        "could not ask Redis whether it is a cluster; assuming not"
+        " (set FANOUT_REDIS_CLUSTER to say, and name several nodes for a cluster)",
+        extra={"error": str(error)},
+    )
+    return "false"
+
+
+async def _open_cluster(seeds: list[str]) -> FanoutCluster:
+    others = [urlsplit(seed) for seed in seeds[1:]]
+    startup = [ClusterNode(p.hostname or "127.0.0.1", p.port or 6379) for p in others]
+    client = FanoutCluster.from_url(seeds[0], startup_nodes=startup, **_OPTIONS)
+    try:
+        await client.initialize()
+    except (RedisError, OSError) as exc:
+        # Every command initializes a client that is not yet, from the same seeds.
+        log.warning(
+            "no node of the Redis Cluster answered; connecting on first use",
+            extra={"error": str(exc), "nodes": len(seeds)},
+        )
+    return cast(FanoutCluster, client)
+
+
 async def open_redis(url: str, cluster: str = "auto") -> Redis:
     """The service's client. A RedisCluster answers the same commands fanout uses, so it is
     handed out under the single-Redis type rather than spreading a union through the code."""
+    seeds = seed_urls(url)
     if cluster == "auto":
-        try:
-            cluster = "true" if await is_cluster(url) else "false"
-        except (RedisError, OSError) as exc:
-            # Redis down at start: come up anyway (readiness says not ready) as a single Redis.
-            log.warning(
-                "could not ask Redis whether it is a cluster; assuming not"
-                " (set FANOUT_REDIS_CLUSTER to say)",
-                extra={"error": str(exc)},
-            )
-            cluster = "false"
+        cluster = await _detect(seeds)
     if cluster == "true":
-        client = RedisCluster.from_url(url, **_OPTIONS)
-        await client.initialize()
-        return cast(Redis, client)
-    return connect(url)
+        return cast(Redis, await _open_cluster(seeds))
+    return connect(seeds[0])
 
 
 async def replicated(redis: Redis, key: str, timeout_ms: int = 500) -> int:
