@@ -1,19 +1,14 @@
 """Completion callbacks: POST the job view to a job's ``callback_url`` once the job has ended.
 
 The scripts that end a job add ``job <id>`` to its shard's callbacks stream. Every consumer
-runs one ``CallbackSender``:
-
-run()
-  ├── reader: XREADGROUP (group "callbacks", BLOCK ≤ 2 s) on every shard's callbacks stream,
-  │           only while fewer than MAX_IN_FLIGHT callbacks are in progress
-  ├── one task per entry: load the job view → check the target again (DNS rebinding) and
-  │           connect to the address checked → POST, signed when the tenant has a key → on
-  │           anything but 2xx, full-jitter backoff and again, up to FANOUT_CALLBACK_ATTEMPTS
-  │           (a refused target fails at once) → record the outcome on the job and XACK + XDEL
-  │           the entry in one script
-  └── upkeep: renew the leases of entries in progress (a retry may wait minutes); XAUTOCLAIM
-              entries idle past ``claim_idle_ms`` (their consumer died); each step logs and
-              carries on
+runs one ``CallbackSender``, a kind of work of the stream engine (services/consumer/engine.py:
+group "callbacks", BLOCK ≤ 2 s, at most MAX_IN_FLIGHT in progress, leases renewed while a
+retry waits minutes, XAUTOCLAIM of entries idle past ``claim_idle_ms``, an entry taken over by
+another consumer cancelled here, and at shutdown every entry handed back at once). Per entry:
+load the job view → check the target again (DNS rebinding) and connect to the address checked
+→ POST, signed when the tenant has a key → on anything but 2xx, full-jitter backoff and again,
+up to FANOUT_CALLBACK_ATTEMPTS (a refused target fails at once) → record the outcome on the job
+and XACK + XDEL the entry in one script.
 
 The job hash shows ``callback_status`` (``delivered`` | ``failed``), ``callback_attempts`` and
 ``callback_error``. Attempts are recorded as they happen, so a consumer taking over a dead one's
@@ -33,9 +28,10 @@ from typing import TypeVar, cast
 import httpx
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.consumer.engine import HAND_BACK_IDLE_MS, Engine, Entry
 from shared import callbacks, jobview, keys
 from shared.classify import backoff
 from shared.models import json_encode
@@ -46,13 +42,11 @@ T = TypeVar("T")
 log = logging.getLogger("fanout.consumer")
 
 MAX_IN_FLIGHT = 64  # callbacks in progress (posting or waiting to retry) per consumer
-_READ_COUNT = 16
 _BLOCK_MS_MAX = 2_000
 _BACKOFF_CAP_S = 300.0
 _TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _REQUEST_DEADLINE_S = 30.0  # the whole request, however slowly the receiver trickles
 _ERROR_MAX = 200
-_HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM
 # A blip (a restart, a failover, a pooled connection that died with the server) is retried
 # within the callback, about 6 s in all; past that the entry waits for takeover.
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
@@ -75,7 +69,7 @@ end
 return 1
 """
 
-Entry = tuple[str, bytes]  # (stream, entry id): ids are unique per stream only
+Key = tuple[str, bytes]  # (stream, entry id): ids are unique per stream only
 _Replies = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]
 
 
@@ -93,6 +87,9 @@ class _Attempt:
 
 
 class CallbackSender:
+    name = "callbacks"
+    group = keys.CALLBACK_GROUP
+
     def __init__(
         self,
         redis: Redis,
@@ -117,132 +114,60 @@ class CallbackSender:
             trust_env=False,
             limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=0),
         )
-        self._held: dict[Entry, asyncio.Task[None]] = {}
         self._settling: set[asyncio.Task[None]] = set()
-        self._room = asyncio.Event()
         self._unsigned_warned: set[str] = set()
-        self._turn = 0
+        self.engine = Engine(
+            redis,
+            self.scripts,
+            self,
+            self.name,
+            claim_idle_ms=claim_idle_ms,
+            block_ms=min(settings.block_ms, _BLOCK_MS_MAX),
+            drain_s=0.0,  # a callback may wait minutes for its retry: hand it back at once
+            cancel_lost=True,  # another consumer took it over: do not POST it twice
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Deliver callbacks until cancelled. Callbacks in progress then stop; their entries
         are handed back for immediate takeover (the attempts made so far are recorded)."""
-        upkeep: asyncio.Task[None] | None = None
-        try:
-            await self._join_groups()
-            upkeep = asyncio.create_task(self._upkeep())
-            log.info("callback sender started", extra={"consumer": self.name})
-            await self._read_loop()
-        finally:
-            if upkeep is not None:
-                upkeep.cancel()
-                await asyncio.gather(upkeep, return_exceptions=True)
-            await self._abandon()
+        log.info("callback sender started", extra={"consumer": self.name})
+        await self.engine.run()
 
     async def close(self) -> None:
         """Close the HTTP client (after run() has been cancelled)."""
         await self.client.aclose()
 
-    async def _join_groups(self) -> None:
-        backoff_s = 0.1
-        while True:
-            try:
-                for stream in self.streams:
-                    try:
-                        # At 0, never $: callbacks due before the group existed count too.
-                        await self.redis.xgroup_create(
-                            stream, keys.CALLBACK_GROUP, id="0", mkstream=True
-                        )
-                    except ResponseError as exc:
-                        if "BUSYGROUP" not in str(exc):
-                            raise
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("callback groups not ready; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+    # --- the engine's Kind ------------------------------------------------------------------
 
-    async def _abandon(self) -> None:
-        entries, tasks = list(self._held), list(self._held.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._held.clear()
+    def room(self, held: int) -> int:
+        return MAX_IN_FLIGHT - held
+
+    async def handle(self, entry: Entry) -> None:
+        job_id = entry.fields.get(b"job", b"").decode("utf-8", "replace")
+        key = (entry.stream, entry.entry_id)
+        try:
+            await self._deliver(key, job_id)
+        except (RedisError, OSError):
+            raise  # left pending: the lease lapses and someone (maybe us) takes it over
+        except Exception as exc:
+            log.exception("callback failed unexpectedly", extra={"job_id": job_id})
+            await self._give_up(key, job_id, f"internal error: {type(exc).__name__}")
+
+    async def hand_back(self, entries: list[Entry]) -> None:
         if self._settling:  # shielded from the cancellation: let them land
             await asyncio.wait(self._settling, timeout=_SETTLE_WAIT_S)
         try:
-            await self._lease(entries, _HAND_BACK_IDLE_MS)
+            await self.engine.lease(entries, HAND_BACK_IDLE_MS)
         except (RedisError, OSError) as exc:
             log.warning(
                 "callback hand back failed; entries wait for the lease", extra={"error": str(exc)}
             )
 
-    # --- reading --------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        backoff_s = 0.1
-        block_ms = min(self.settings.block_ms, _BLOCK_MS_MAX)
-        while True:
-            room = MAX_IN_FLIGHT - len(self._held)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            streams = self._streams_to_read(room)
-            try:
-                reply = await self.redis.xreadgroup(
-                    keys.CALLBACK_GROUP,
-                    self.name,
-                    dict.fromkeys(streams, ">"),
-                    count=min(_READ_COUNT, room // len(streams)),
-                    block=block_ms,
-                )
-                backoff_s = 0.1
-            except (RedisError, OSError) as exc:
-                log.warning("callback read failed; retrying", extra={"error": str(exc)})
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
-                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
-                    await self._join_groups()  # the stream was deleted under us
-                continue
-            for stream, entries in cast(_Replies, reply) or []:
-                for entry_id, fields in entries:
-                    self._take(stream.decode(), entry_id, fields or {})
-
-    def _streams_to_read(self, room: int) -> list[str]:
-        """Every stream, or, with room for fewer entries than there are shards, that many of
-        them in turn (COUNT applies per stream: the bound holds either way)."""
-        if room >= len(self.streams):
-            return self.streams
-        start = self._turn % len(self.streams)
-        self._turn += room
-        return (self.streams[start:] + self.streams[:start])[:room]
-
-    def _take(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        """Start an entry's task (from a read or a takeover), unless it is in progress."""
-        entry = (stream, entry_id)
-        if entry not in self._held:
-            job_id = fields.get(b"job", b"").decode("utf-8", "replace")
-            self._held[entry] = asyncio.create_task(self._handle(entry, job_id))
-
     # --- one callback ---------------------------------------------------------------------
 
-    async def _handle(self, entry: Entry, job_id: str) -> None:
-        try:
-            await self._deliver(entry, job_id)
-        except (RedisError, OSError) as exc:
-            # Left pending: the lease lapses and someone (maybe us) takes it over.
-            log.warning("callback left for takeover", extra={"job_id": job_id, "error": str(exc)})
-        except Exception as exc:
-            log.exception("callback failed unexpectedly", extra={"job_id": job_id})
-            await self._give_up(entry, job_id, f"internal error: {type(exc).__name__}")
-        finally:
-            if self._held.get(entry) is asyncio.current_task():
-                del self._held[entry]
-            self._room.set()
-
-    async def _deliver(self, entry: Entry, job_id: str) -> None:
+    async def _deliver(self, entry: Key, job_id: str) -> None:
         loaded = await _retrying(lambda: jobview.load(self.redis, job_id))
         url = loaded[1].callback_url if loaded is not None else None
         if loaded is None or url is None:
@@ -346,7 +271,7 @@ class CallbackSender:
         return _Attempt(error)
 
     async def _settle(
-        self, entry: Entry, job: keys.JobKeys | None, fields: dict[str, str | int]
+        self, entry: Key, job: keys.JobKeys | None, fields: dict[str, str | int]
     ) -> None:
         """Record the outcome (if any) and XACK + XDEL the entry, shielded from cancellation."""
         stream, entry_id = entry
@@ -361,82 +286,18 @@ class CallbackSender:
         task.add_done_callback(self._settling.discard)
         await asyncio.shield(task)
 
-    async def _progress(self, entry: Entry, job: keys.JobKeys, attempts: int, error: str) -> None:
+    async def _progress(self, entry: Key, job: keys.JobKeys, attempts: int, error: str) -> None:
         """Record the attempts so far; the entry stays pending and a takeover resumes here."""
         args = [keys.CALLBACK_GROUP, "", *_flat(_fields(None, attempts, error))]
         await _retrying(lambda: self._record(keys=[job.hash, entry[0]], args=args))
 
-    async def _give_up(self, entry: Entry, job_id: str, error: str) -> None:
+    async def _give_up(self, entry: Key, job_id: str, error: str) -> None:
         job = keys.JobKeys.of(job_id) if keys.shard_of(job_id) is not None else None
         try:
             fields: dict[str, str | int] = {"callback_status": "failed", "callback_error": error}
             await self._settle(entry, job, fields if job is not None else {})
         except (RedisError, OSError) as exc:
             log.warning("callback left for takeover", extra={"job_id": job_id, "error": str(exc)})
-
-    # --- upkeep ---------------------------------------------------------------------------
-
-    async def _upkeep(self) -> None:
-        await asyncio.gather(
-            self._every(self.claim_idle_ms / 3000, self._renew),
-            self._every(max(0.2, self.claim_idle_ms / 2000), self._reclaim),
-        )
-
-    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            try:
-                await step()
-            except (RedisError, OSError) as exc:
-                log.warning(
-                    "callback upkeep failed", extra={"step": step.__name__, "error": str(exc)}
-                )
-            except Exception:
-                log.exception("callback upkeep failed", extra={"step": step.__name__})
-            await asyncio.sleep(seconds)
-
-    async def _renew(self) -> None:
-        """Keep the entries in progress ours while they wait for a retry."""
-        lost = await self._lease(list(self._held), 0)
-        for entry in lost:
-            task = self._held.get(entry)
-            if task is not None and not task.done():
-                log.warning(
-                    "callback taken over by another consumer", extra={"entry": entry[1].decode()}
-                )
-                task.cancel()
-
-    async def _lease(self, entries: list[Entry], idle_ms: int) -> list[Entry]:
-        by_stream: dict[str, list[bytes]] = {}
-        for stream, entry_id in entries:
-            by_stream.setdefault(stream, []).append(entry_id)
-        lost: list[Entry] = []
-        for stream, ids in by_stream.items():
-            gone = await self.scripts.lease(
-                keys=[stream], args=[keys.CALLBACK_GROUP, self.name, idle_ms, *ids]
-            )
-            lost += [(stream, entry_id) for entry_id in gone if (stream, entry_id) in self._held]
-        return lost
-
-    async def _reclaim(self) -> None:
-        """Take over entries idle past ``claim_idle_ms``: their consumer died."""
-        for stream in self.streams:
-            cursor: bytes = b"0-0"
-            while (room := MAX_IN_FLIGHT - len(self._held)) > 0:
-                cursor, entries, deleted = await self.scripts.reclaim(
-                    keys=[stream],
-                    args=[keys.CALLBACK_GROUP, self.name, self.claim_idle_ms, cursor, room],
-                )
-                if deleted:
-                    log.warning(
-                        "pending callbacks were deleted from the stream",
-                        extra={"stream": stream, "entries": len(deleted)},
-                    )
-                for entry_id, flat, _deliveries in entries:
-                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                    log.info("callback taken over", extra={"entry": entry_id.decode()})
-                    self._take(stream, entry_id, fields)
-                if cursor == b"0-0":
-                    break
 
 
 async def _retrying(call: Callable[[], Awaitable[T]]) -> T:

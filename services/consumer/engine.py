@@ -73,6 +73,7 @@ class Engine:
         claim_idle_ms: int,
         block_ms: int,
         drain_s: float,
+        cancel_lost: bool = False,
     ) -> None:
         self.redis = redis
         self.scripts = scripts
@@ -81,6 +82,7 @@ class Engine:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = block_ms
         self.drain_s = drain_s
+        self.cancel_lost = cancel_lost  # stop work another consumer took over (else log only)
         self.held: dict[tuple[str, bytes], Entry] = {}  # ids are unique per stream only
         self.stopping = asyncio.Event()
         self._room = asyncio.Event()
@@ -243,6 +245,9 @@ class Engine:
         stolen = [e for e in lost if (e.stream, e.entry_id) in self.held]
         if stolen:
             log.warning("lease lost", extra={"kind": self.kind.name, "entries": len(stolen)})
+        for entry in stolen if self.cancel_lost else []:
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
 
     async def reclaim(self) -> None:
         if self.stopping.is_set():
