@@ -194,6 +194,8 @@ INBOX_BACKLOG = Gauge(
 # Page health (consumer): pages this consumer holds back, by cause ("provider_outage": the
 # circuit breaker; "page_restricted": Meta's 10/1893063), and breaker trips it made.
 PAGES_HELD = Gauge("fanout_pages_held", "Pages whose sends are held, by cause", ["cause"])
+for _cause in ("provider_outage", "page_restricted"):
+    PAGES_HELD.labels(_cause)  # both series from the start, at 0: a panel never hides one
 BREAKER_TRIPS = Counter(
     "fanout_breaker_trips", "Times a page's answers turned mostly transient and it was held"
 )

@@ -313,6 +313,64 @@ def test_fanout_api_server_errors(tmp_path: Path) -> None:
     )
 
 
+HELD = 'fanout_pages_held{namespace="prod", pod="%s", cause="%s"}'
+
+
+def test_fanout_page_restricted(tmp_path: Path) -> None:
+    alert = "FanoutPageRestricted"
+    check(
+        tmp_path,
+        [
+            case(
+                {
+                    HELD % ("c1", "page_restricted"): "0x3 1x20",
+                    HELD % ("c2", "page_restricted"): "0x23",
+                },
+                alert,
+                "10m",
+                [fired(alert, "critical", namespace="prod")],
+            ),
+            case({HELD % ("c1", "provider_outage"): "1x20"}, alert, "10m", []),
+            case({HELD % ("c1", "page_restricted"): "0x8 1x3 0x10"}, alert, "15m", []),  # lifted
+        ],
+    )
+
+
+def test_fanout_provider_outage(tmp_path: Path) -> None:
+    alert = "FanoutProviderOutage"
+    check(
+        tmp_path,
+        [
+            case(
+                {HELD % ("c1", "provider_outage"): "1x30"},
+                alert,
+                "15m",
+                [fired(alert, "warning", namespace="prod")],
+            ),
+            # A short outage the breaker rides out: probed, recovered, quiet.
+            case({HELD % ("c1", "provider_outage"): "1x5 0x25"}, alert, "15m", []),
+        ],
+    )
+
+
+def test_fanout_webhook_inbox_growing(tmp_path: Path) -> None:
+    alert = "FanoutWebhookInboxGrowing"
+    inbox = 'fanout_inbox_backlog{namespace="prod", pod="%s", shard="%s"}'
+    check(
+        tmp_path,
+        [
+            case(
+                {inbox % ("p1", "0"): "800x30", inbox % ("p1", "1"): "400x30"},
+                alert,
+                "15m",
+                [fired(alert, "warning", namespace="prod")],
+            ),
+            # Two producers read the same inbox: 700 is not 1400.
+            case({inbox % ("p1", "0"): "700x30", inbox % ("p2", "0"): "700x30"}, alert, "15m", []),
+        ],
+    )
+
+
 # --- the cases the old rules missed: the tests above would have caught them ------------------
 
 OLD_RULES = {
