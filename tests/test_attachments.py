@@ -234,3 +234,32 @@ def test_media_permits_hold_10_per_second_without_holding_back_the_pages_text(
     # Media permits also count against the page: together they stay within 40/s + a batch.
     assert len(media_times) + text <= 40 * elapsed + 2 + 2 * 2
     assert text >= 40 * elapsed - len(media_times) - 15  # text is not queued behind the media
+
+
+def test_media_permits_do_not_bunch_after_the_page_was_paused(redis_server: Any) -> None:
+    async def main() -> list[float]:
+        client = connect(redis_server.url)
+        scripts = Scripts(client)
+        fleet = [Limiters(scripts, 0, {}, 50, 10) for _ in range(2)]
+        times: list[float] = []
+        start = time.monotonic()
+
+        async def sender(limiters: Limiters) -> None:
+            limiter = limiters.for_message("6", media=True)
+            while time.monotonic() - start < 3.0:
+                await limiter.take(1)
+                times.append(time.monotonic())
+
+        async def throttled() -> None:
+            await asyncio.sleep(0.5)  # a throttle answer pauses the page (1 s), fleet-wide
+            await fleet[0].for_page("6").cool_down(None)
+
+        # Eight senders per consumer (retries wait for permits side by side, as here).
+        await asyncio.gather(throttled(), *(sender(lim) for lim in fleet for _ in range(8)))
+        await client.aclose()
+        return times
+
+    times = asyncio.run(main())
+    most = most_in_any_second(times)
+    print(f"\nmedia permits around a 1 s page pause: {len(times)}, most in any 1 s: {most}")
+    assert most <= 11, most

@@ -42,10 +42,20 @@ class Permits(Protocol):
 
 class PageLimiter:
     def __init__(
-        self, scripts: Scripts, page_id: str, rate: int, burst_ms: int, key: str | None = None
+        self,
+        scripts: Scripts,
+        page_id: str,
+        rate: int,
+        burst_ms: int,
+        key: str | None = None,
+        held_by: str | None = None,
     ) -> None:
         self.scripts = scripts
         self.key = key or keys.rate(page_id)
+        # A media limit is also held while its page cools down (the page's rate key), so no
+        # media permits pile up to be used all at once when the page sends again.
+        self.held_keys = [held_by] if held_by else []
+        self.holds = 0  # times a take waited for a pause, the breaker or a restriction
         self.rate = rate
         self.burst_s = burst_ms / 1000
         self.batch = max(1, rate * burst_ms // 1000)
@@ -70,12 +80,13 @@ class PageLimiter:
             while self.in_hand == 0:
                 now = loop.time()
                 if now < self.paused_until:
+                    self.holds += 1
                     await asyncio.sleep(self.paused_until - now)
                     continue
                 if self.rate == 0 and now < self.unlimited_until:
                     return wanted
                 granted, wait_ms, state = await self.scripts.take_permits(
-                    keys=[self.key, self.state_key],
+                    keys=[self.key, self.state_key, *self.held_keys],
                     args=[self.rate, self.burst_s * 1000, self.batch, PROBE_LEASE_MS],
                 )
                 self.health.learn(int(state), loop.time())
@@ -85,6 +96,8 @@ class PageLimiter:
                 if self.rate == 0 and granted:
                     self.unlimited_until = loop.time() + self.burst_s
                     return wanted
+                if not int(granted):
+                    self.holds += 1
                 if int(wait_ms):
                     await asyncio.sleep(int(wait_ms) / 1000)
                 self.in_hand = int(granted)
@@ -119,11 +132,18 @@ class MediaLimiter:
         self.health = page.health  # the breaker and the restriction are the page's
 
     async def take(self, wanted: int) -> int:
-        # The scarcer limit first, so the page's permits are never held waiting for it.
-        media = await self.media.take(wanted)
-        taken = await self.page.take(media)
-        self.media.in_hand += media - taken  # still ours: the next take uses them
-        return taken
+        """The scarcer limit first, so the page's permits are never held waiting for it. Media
+        permits that waited out a page's pause (or its breaker) are dropped, not used: their
+        slots have passed, and the senders that waited together would go at once."""
+        while True:
+            media = await self.media.take(wanted)
+            holds = self.page.holds
+            taken = await self.page.take(media)
+            if self.page.holds == holds:
+                self.media.in_hand += media - taken  # still ours: the next take uses them
+                return taken
+            self.media.in_hand = 0
+            self.page.in_hand += taken  # the page's are fresh (maybe its probe): kept for later
 
     async def cool_down(self, hint_s: float | None) -> float | None:
         # Meta's answer does not say which limit it meant: pause the page (media included).
@@ -166,7 +186,9 @@ class Limiters:
         limiter = self._media.get(page_id)
         if limiter is None:
             media_key = keys.media_rate(page_id)
-            own = PageLimiter(self.scripts, page_id, rate, self.burst_ms, key=media_key)
+            own = PageLimiter(
+                self.scripts, page_id, rate, self.burst_ms, media_key, keys.rate(page_id)
+            )
             limiter = MediaLimiter(own, self.for_page(page_id))
             self._media[page_id] = limiter
         return limiter

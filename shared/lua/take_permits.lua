@@ -8,7 +8,10 @@
 -- While the breaker is open the fleet gets one permit at a time, a probe, leased until its
 -- answer (or the lease) lets the next one go; the others ask again soon, so a recovered page
 -- is back at full rate well within a second of its probe's answer.
--- KEYS: 1 fanout:rate:{page}, 2 fanout:page:{page}:state (optional)
+-- A page's media limit (audio and video) also names the page's rate key: while the page cools
+-- down, no media permits are given either (they would pile up and go at once after it).
+-- KEYS: 1 fanout:rate:{page} (or fanout:rate:{page}:media), 2 fanout:page:{page}:state
+--       (optional), 3 fanout:rate:{page} when 1 is the page's media limit (optional)
 -- ARGV: 1 rate (permits per second; 0: no limit, only the cool-down), 2 burst tolerance ms,
 --       3 permits wanted, 4 probe lease ms (optional)
 -- Returns {granted, wait ms, state}: the permits are valid after wait ms; granted 0 means
@@ -27,6 +30,12 @@ if state[3] == 'open' then
     return {1, 0, 2}
   end
   return {0, math.min(250, math.ceil(probe_at - now)), 1}
+end
+if KEYS[3] then
+  local page_pause = tonumber(redis.call('HGET', KEYS[3], 'pause_until') or '0')
+  if now < page_pause then
+    return {0, math.ceil(page_pause - now), 0}
+  end
 end
 local pause_until = tonumber(state[2] or '0')
 if now < pause_until then
