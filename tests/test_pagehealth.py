@@ -180,3 +180,19 @@ def test_code_2_for_one_person_on_a_healthy_page_is_bounded(stack: Stack) -> Non
     assert sorted(attempts) == sorted(ambiguous)
     print(f"code 2 for one person: failed after {sorted(attempts.values())} attempts")
     assert all(5 <= n <= 7 for n in attempts.values()), attempts
+
+
+def test_a_restriction_is_lifted_by_resuming_even_a_cancelled_job(stack: Stack) -> None:
+    fake = stack.start_fakegraph("--restricted", PAGE)
+    api = stack.start_producer()
+    stack.start_consumer("c1")
+    job_id = stack.submit(psids(10))
+    wait_for(lambda: stack.job(job_id)["status"] == "paused", 10, "job paused")
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert api.post("/v1/jobs", json=_ONE).status_code == 409
+    fake.configure(restricted_pages=[])
+    resumed = api.post(f"/v1/jobs/{job_id}/resume")
+    assert resumed.status_code == 409 and resumed.json()["error"]["code"] == "job_ended"
+    again = api.post("/v1/jobs", json=_ONE)
+    assert again.status_code == 202, again.text
+    assert _final(stack, again.json()["job_id"])["sent"] == 1

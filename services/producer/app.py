@@ -134,8 +134,8 @@ async def _admit(state: State, prepared: jobs.PreparedJob) -> None:
         return
     await state.redis.delete(keys.JobKeys.of(prepared.job_id).backlog)  # an upload's chunks
     message = (
-        f"page {page_id} is restricted from sending ({reason}); resume one of its paused jobs"
-        " once Meta lifts the restriction"
+        f"page {page_id} is restricted from sending ({reason}); once Meta lifts the"
+        " restriction, resume one of the page's jobs (POST /v1/jobs/{id}/resume)"
     )
     raise ApiError(409, "page_restricted", message, "page_id")
 

@@ -45,10 +45,12 @@ async def pause_job(request: Request) -> Response:
 
 async def resume_job(request: Request) -> Response:
     state, k, view = await _own_job(request)
+    # Any job of the page lifts it, even one that has ended: a user who cancelled every job of
+    # a restricted page must still be able to send again.
+    await _lift_restriction(request, state, k, view.page_id)
     status = await control.resume(state.scripts, k, state.settings.window)
     if status in jobview.ENDED and view.status != "paused":
         raise ApiError(409, "job_ended", f"the job has already ended ({status})")
-    await _lift_restriction(request, state, k, view.page_id)
     _audit(request, "job resumed", k, status)
     if status in jobview.ENDED:  # nothing was left to send
         await audit.job_ended(state.redis, k.job_id)
