@@ -469,13 +469,21 @@
     loadErrors(id, view.controller.signal);
   }
 
+  // Why the page's sends are held right now (the job view's page_hold).
+  const HOLDS = {
+    provider_outage: "The provider is failing for this page: held and probed, it resumes by itself.",
+    page_restricted: "Meta restricted this page (10/1893063): resume a job of the page once lifted.",
+  };
+
   function renderJob(job) {
     if (job.job_id !== view.id) return;
     view.job = job;
     setBadge($("job-status"), job.status);
     const reason = $("job-reason");
-    reason.textContent = job.reason ? `Reason: ${job.reason}` : "";
-    reason.hidden = !job.reason;
+    const held = HOLDS[job.page_hold] || "";
+    const why = [job.reason ? `Reason: ${job.reason}` : "", held].filter(Boolean).join(" · ");
+    reason.textContent = why;
+    reason.hidden = !why;
     $("c-sent").textContent = number(job.sent);
     $("c-failed").textContent = number(job.failed);
     $("c-skipped").textContent = number(job.skipped);
