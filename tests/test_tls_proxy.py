@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import json
+import re
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import trustme
 import uvloop
+from conftest import Stack, psids, wait_for
 
 from shared.http1 import HttpError, Pool
 from shared.proxies import ProxyError, proxy_for
@@ -377,3 +382,100 @@ def test_the_consumer_settings_carry_the_proxy_and_name_a_bad_one() -> None:
     assert "pw" not in str(bad.value)
     with pytest.raises(ProxyError, match="https_proxy"):
         proxy_for(GRAPH, {"https_proxy": "https://egress:3128"})
+
+
+# --- the consumer, end to end ------------------------------------------------------------------
+
+
+class ForwardingProxy:
+    """A plain forwarding proxy in a thread of its own (the services are other processes): it
+    reads absolute-form requests, forwards each to its origin in origin form over a kept-alive
+    upstream connection, and relays the answer. Content-Length bodies only, as fakegraph's."""
+
+    def __init__(self) -> None:
+        self.request_lines: list[bytes] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        start = asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = asyncio.run_coroutine_threadsafe(start, self.loop).result(10)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    @staticmethod
+    async def _message(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        return head, await reader.readexactly(int(match.group(1)) if match else 0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        try:
+            while True:
+                head, body = await self._message(reader)
+                line, rest = head.split(b"\r\n", 1)
+                self.request_lines.append(line)
+                method, target, version = line.split(b" ")
+                origin = urlsplit(target.decode())
+                if upstream is None:
+                    upstream = await asyncio.open_connection(origin.hostname, origin.port)
+                path = (origin.path or "/") + (f"?{origin.query}" if origin.query else "")
+                upstream[1].write(
+                    b" ".join([method, path.encode(), version]) + b"\r\n" + rest + body
+                )
+                answer_head, answer_body = await self._message(upstream[0])
+                writer.write(answer_head + answer_body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            if upstream is not None:
+                upstream[1].close()
+            self.tasks.discard(task)
+
+    async def _close(self) -> None:
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()  # each closes its sockets on the way out
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_the_consumer_sends_through_the_proxy_unless_no_proxy_says(
+    stack: Stack, bypass: bool
+) -> None:
+    proxy = ForwardingProxy()
+    try:
+        fake = stack.start_fakegraph()
+        stack.env["HTTP_PROXY"] = proxy.url
+        if bypass:
+            stack.env["NO_PROXY"] = "localhost,127.0.0.0/8"
+        stack.start_producer()
+        consumer = stack.start_consumer("c1")
+        job = stack.wait_done(stack.submit(psids(40)), 30)
+        assert (job["status"], job["sent"]) == ("completed", 40)
+        assert fake.stats()["requests"] >= 40
+        if bypass:
+            assert proxy.request_lines == []
+        else:
+            sends = [
+                line for line in proxy.request_lines if line.endswith(b"/me/messages HTTP/1.1")
+            ]
+            assert len(sends) == 40
+            assert sends[0].startswith(f"POST {fake.url}/".encode())  # absolute form
+        wait_for(lambda: '"msg": "starting"' in consumer.output(), 5, "the start-up line")
+        start = next(line for line in consumer.output().splitlines() if '"msg": "starting"' in line)
+        assert json.loads(start)["settings"]["graph_proxy"] == (None if bypass else proxy.url)
+    finally:
+        proxy.stop()
