@@ -4,6 +4,7 @@ producer's registry only (the consumers' series come from the consumers)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, cast, get_args
 
@@ -22,6 +23,7 @@ from shared.models import JobStatusName
 STATUSES: tuple[str, ...] = get_args(JobStatusName)
 # Long polls: their duration is the client's choice, not our latency.
 _SSE_ROUTE = "/v1/jobs/{job_id}/events"
+_WAIT = re.compile(rb"(?:^|&)wait=")  # POST /v1/jobs?wait=: held until the job ends
 
 
 class HttpMetrics:
@@ -45,7 +47,9 @@ class HttpMetrics:
             return
         route = self._template(scope)
         scope["fanout.route"] = route  # the audit line of a refusal names the template
-        long_poll = route == _SSE_ROUTE or b"wait=" in scope.get("query_string", b"")
+        long_poll = route == _SSE_ROUTE or (
+            route == "/v1/jobs" and _WAIT.search(scope.get("query_string", b"")) is not None
+        )
         started = time.perf_counter()
         status = 500
 
