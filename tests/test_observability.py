@@ -63,6 +63,7 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
     api.get("/no/such/path")
     # The job has ended: its event stream sends the end at once. Counted, not timed.
     assert "event: end" in api.get(f"/v1/jobs/{job['job_id']}/events").text
+    assert api.post("/v1/jobs?wait=5", json={}).status_code == 422  # a long poll, refused
     # A second job with nobody consuming it: lag as KEDA would read it.
     stack.consumers[0].stop()
     waiting = stack.submit(psids(1000, offset=10_000))
@@ -93,6 +94,11 @@ def test_producer_metrics_names_labels_and_keda_gauges(stack: Stack) -> None:
     assert re.search(r"fanout_http_requests_total\{[^}]*" + re.escape(events), text)
     assert f"fanout_http_request_duration_seconds_count{{{events}}}" not in text
     assert "fanout_sse_streams 0.0" in text  # opened and closed
+    # Two submits timed; the ?wait= one counted only.
+    assert 'fanout_http_request_duration_seconds_count{route="/v1/jobs"} 2.0' in text
+    assert re.search(
+        r'fanout_http_requests_total\{method="POST",route="/v1/jobs",status="422"\}', text
+    )
     assert job["job_id"] not in text and waiting not in text  # ids never become labels
     assert PAGE_TOKEN not in text and "10000000001" not in text
 
