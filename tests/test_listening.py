@@ -20,10 +20,12 @@ import redis
 from conftest import API_TOKENS, OTHER_PAGE, PAGE, RedisServer, Stack, psids, wait_for
 from redis.asyncio import Redis as AsyncRedis
 
+from services.consumer import ledger
 from shared import keys, window
 from shared.classify import classify
 from shared.models import GraphAnswer, GraphError
 from shared.provider import SendResult
+from shared.scripts import Scripts
 
 UTILITY = {
     "template": {
@@ -299,3 +301,32 @@ def test_people_routes_refuse_bad_input_and_other_tenants_pages(stack: Stack) ->
     )
     assert theirs.status_code == 403
     wait_for(lambda: api.get(f"{base}/people/3").json()["suppressed"]["code"] == "gdpr", 5)
+
+
+def test_skips_count_once_and_a_redelivered_chunk_sends_none_of_them(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    """The ledger side of a skip, on a job hash as create_job leaves it: a second delivery of
+    the chunk (the same skip script again) moves no counter, and begin reads the skipped
+    recipients as finished so nobody is sent."""
+    k = keys.JobKeys.of(keys.new_job_id(0))
+    r.hset(k.hash, mapping={"status": "running", "total": 4, "sent": 0, "failed": 0, "skipped": 0})
+
+    async def run() -> tuple[int, int, str]:
+        client = AsyncRedis.from_url(redis_server.url)
+        scripts = Scripts(client)
+        skips = [
+            ledger.Skip(1, "11", "window_closed", "closed"),
+            ledger.Skip(3, "13", "suppressed", "suppressed"),
+        ]
+        first = await ledger.skip(scripts, k, skips, [2])
+        again = await ledger.skip(scripts, k, skips, [2])
+        begun = await ledger.begin(scripts, k, 0, 4)
+        await client.aclose()
+        return first, again, begun.states
+
+    first, again, states = asyncio.run(run())
+    assert (first, again, states) == (2, 0, "0101")
+    h = r.hgetall(k.hash)
+    assert (h[b"skipped"], h[b"skip:window_closed"], h[b"skip:suppressed"]) == (b"2", b"1", b"1")
+    assert r.xlen(k.skips) == 2 and r.getbit(k.fallback, 2) == 1
