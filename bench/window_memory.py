@@ -89,9 +89,7 @@ def main() -> None:
     with Harness() as h:
         r = h.redis()
         url = h.env["FANOUT_REDIS_URL"]
-        print(
-            f"redis {r.info('server')['redis_version']}, window buckets per page {window.BUCKETS}"
-        )
+        print(f"redis {r.info('server')['redis_version']}, window bucket tiers {window.TIERS}")
         measure(r, url, "one page", [("1001", p) for p in people(args.people, rng)])
         small = [(str(5000 + i), p) for i in range(args.small_pages) for p in people(1000, rng)]
         measure(r, url, f"{args.small_pages} pages of 1,000", small)

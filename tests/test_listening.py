@@ -50,6 +50,15 @@ def touch_all(url: str, page_id: str, people: list[str], ts_ms: int) -> None:
     asyncio.run(run())
 
 
+def last_seen(r: redis.Redis, people: list[str]) -> list[int | None]:
+    """What shared.window reads at dispatch, through a synchronous client."""
+    pipe = r.pipeline(transaction=False)
+    for psid in people:
+        for key in window.bucket_keys(PAGE, psid):
+            pipe.hget(key, psid)
+    return window.newest(pipe.execute())
+
+
 def start(stack: Stack, *fake_args: str) -> httpx.Client:
     stack.start_fakegraph(*fake_args)
     api = stack.start_producer()
@@ -71,14 +80,36 @@ def test_touch_keeps_the_newest_time_once_and_stays_a_listpack(
     touch_all(redis_server.url, PAGE, ["111"], now_ms - 60_000)  # late and older: ignored
     touch_all(redis_server.url, PAGE, ["111"], now_ms - 5_000)  # a replay: nothing changes
     touch_all(redis_server.url, PAGE, ["222"], now_ms - 9 * 86400 * 1000)  # too old to keep
-    bucket = keys.window_bucket(PAGE, window.bucket_of("111"))
+    bucket = window.bucket_keys(PAGE, "111")[0]  # a small page writes its smallest tier
     assert r.hget(bucket, "111") == str((now_ms - 5_000) // 1000).encode()
-    assert r.hget(keys.window_bucket(PAGE, window.bucket_of("222")), "222") is None
+    assert last_seen(r, ["111", "222"]) == [(now_ms - 5_000) // 1000, None]
     assert r.object("encoding", bucket) == b"listpack"
     assert 0 < r.ttl(bucket) <= window.KEEP_S
     # The page has been heard from since its oldest event, not its newest.
     heard = r.hget(keys.window_heard(PAGE), "first")
     assert heard == str((now_ms - 9 * 86400 * 1000) // 1000).encode()
+
+
+def test_a_page_moves_up_a_tier_of_buckets_and_is_read_across_tiers(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    """Past 64 people per bucket of its tier a page writes a tier of 8 times more buckets;
+    readers find people in either, the newest time winning, and every bucket stays small."""
+    now_ms = int(time.time() * 1000)
+    early = psids(window.TIERS[0] * 64 + 1)  # one more than the first tier takes
+    touch_all(redis_server.url, PAGE, early, now_ms - 7200_000)
+    assert r.hget(keys.window_heard(PAGE), "tier") == b"2"
+    later = psids(100, offset=900_000)
+    touch_all(redis_server.url, PAGE, [*later, early[0]], now_ms - 60_000)
+    assert all(r.hget(window.bucket_keys(PAGE, p)[1], p) for p in later)
+    seen = last_seen(r, [early[0], early[1], *later])
+    assert (
+        seen
+        == [(now_ms - 60_000) // 1000, (now_ms - 7200_000) // 1000]
+        + [(now_ms - 60_000) // 1000] * 100
+    )
+    encodings = {r.object("encoding", k) for k in r.scan_iter("fanout:page:*:win:*")}
+    assert encodings == {b"listpack"}
 
 
 @pytest.mark.parametrize(
@@ -114,10 +145,7 @@ def test_update_job_requiring_the_window_sends_only_to_people_in_it(stack: Stack
     touch_all(stack.redis_server.url, PAGE, outside[:10], int(time.time() * 1000) - 25 * 3600_000)
 
     def heard() -> bool:
-        pipe = stack.r.pipeline(transaction=False)
-        for p in inside:
-            pipe.hget(keys.window_bucket(PAGE, window.bucket_of(p)), p)
-        return all(found is not None for found in pipe.execute())
+        return all(found is not None for found in last_seen(stack.r, inside))
 
     wait_for(heard, 20, "every inbound person's last interaction")
     job_id = stack.submit(people, window="require")

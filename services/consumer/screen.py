@@ -52,11 +52,10 @@ async def screen(
         if suppress:
             pipe.hmget(keys.suppressions(page_id), ids)
         if require_window:
-            for psid in ids:
-                pipe.hget(keys.window_bucket(page_id, window.bucket_of(psid)), psid)
+            window.queue_reads(pipe, page_id, ids)
         replies = cast(list[object], await pipe.execute())
     suppressed = cast(list[bytes | None], replies[0]) if suppress else [None] * len(ids)
-    lasts = cast(list[bytes | None], replies[1:] if suppress else replies)
+    lasts = window.newest(replies[1:] if suppress else replies)
     now_s = time.time()
     skipped: list[Skip] = []
     fallback: list[int] = []
@@ -64,8 +63,7 @@ async def screen(
         if suppressed[i] is not None:
             skipped.append(Skip(chunk.start + i, psid, "suppressed", _SUPPRESSED))
         elif require_window:
-            last = lasts[i]
-            if window.in_window(None if last is None else int(last), now_s):
+            if window.in_window(lasts[i], now_s):
                 continue
             if has_fallback:
                 fallback.append(i)
