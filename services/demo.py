@@ -117,6 +117,9 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         # The fake page's limit, set explicitly: fakegraph is no real page, so the demo may show
         # the fleet's speed. A real page gets FANOUT_RATE_LIMIT, 40/s unless configured.
         "FANOUT_PAGE_RATE_LIMITS": f"{PAGE}={rate}",
+        # fakegraph plays Meta's webhooks too: echoes, then delivery and read receipts.
+        "FANOUT_APP_SECRET": secrets.token_hex(16),
+        "FANOUT_WEBHOOK_VERIFY_TOKEN": secrets.token_hex(8),
     }
     env.pop("FANOUT_RATE_LIMIT", None)
     graph_port, api_port = _free_port(), _free_port()
@@ -133,6 +136,8 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
             "0.01",
             "--tokens",
             f"{PAGE}={page_token}",
+            "--webhook-url",
+            f"http://127.0.0.1:{api_port}/webhooks/messenger",
         ],
         env,
     )
@@ -198,7 +203,35 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         f"duplicates {stats['duplicates']}"
     )
     ok = job["status"] == "completed" and stats["delivered"] == job["sent"]
+    _watch_receipts(api, graph, accepted["status_url"], tty)
     return 0 if ok else 1
+
+
+def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str, tty: bool) -> None:
+    """Meta's receipts keep coming after the last send: show sent -> delivered -> read move
+    until they match what fakegraph (playing Meta) reported, or 15 s pass."""
+    deadline = time.monotonic() + 15
+    while True:
+        job = api.get(url).json()
+        fake = graph.get("/_fake/receipts").json()
+        line = (
+            f"receipts: sent {job['sent']:,} -> delivered {job['delivered']:,} -> read"
+            f" {job['read']:,} (at least; fakegraph reported {fake['delivered']:,} delivered,"
+            f" {fake['read']:,} read)"
+        )
+        settled = fake["queued"] == 0 and (job["delivered"], job["read"]) == (
+            fake["delivered"],
+            fake["read"],
+        )
+        if tty:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+        if settled or time.monotonic() > deadline:
+            if tty:
+                sys.stderr.write("\n")
+            print(line)
+            return
+        time.sleep(0.2)
 
 
 def main(recipients: int = 10_000, consumers: int = 2, rate: int = 0) -> int:

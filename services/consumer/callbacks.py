@@ -165,6 +165,12 @@ class CallbackSender:
                 "callback hand back failed; entries wait for the lease", extra={"error": str(exc)}
             )
 
+    def taken_over(self, entry: Entry) -> None:
+        pass  # the engine logs it
+
+    def deleted(self, stream: str, ids: list[bytes]) -> None:
+        pass  # the engine logs it
+
     # --- one callback ---------------------------------------------------------------------
 
     async def _deliver(self, entry: Key, job_id: str) -> None:

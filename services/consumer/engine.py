@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol, cast
 
 from redis.asyncio import Redis
@@ -35,7 +35,7 @@ HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next X
 class Entry:
     """One stream entry this consumer holds, from read (or reclaim) until settled."""
 
-    __slots__ = ("deliveries", "entry_id", "fields", "stream", "task")
+    __slots__ = ("deliveries", "entry_id", "fields", "stream", "task", "work")
 
     def __init__(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
@@ -45,12 +45,16 @@ class Entry:
         self.fields = fields
         self.deliveries = deliveries
         self.task: asyncio.Task[None] | None = None
+        self.work: object = None  # the kind's own state of the entry (for its hand-back)
 
 
 class Kind(Protocol):
     name: str  # for logs
     group: str
-    streams: list[str]
+
+    @property
+    def streams(self) -> Collection[str]:
+        """One stream per shard, all read by ``group``."""
 
     def room(self, held: int) -> int:
         """How many more entries to take now, ``held`` being held."""
@@ -60,6 +64,12 @@ class Kind(Protocol):
 
     async def hand_back(self, entries: list[Entry]) -> None:
         """Entries a drain cancelled: put them where the fleet takes them at once."""
+
+    def taken_over(self, entry: Entry) -> None:
+        """An entry idle past its lease was taken over from another consumer."""
+
+    def deleted(self, stream: str, ids: list[bytes]) -> None:
+        """Pending entries were deleted from the stream (XAUTOCLAIM's third answer)."""
 
 
 class Engine:
@@ -180,13 +190,15 @@ class Engine:
 
     def take(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
-    ) -> None:
+    ) -> Entry:
         """Hold an entry and start its task (from a read or a reclaim), unless held already."""
-        if (stream, entry_id) in self.held:
-            return
+        held = self.held.get((stream, entry_id))
+        if held is not None:
+            return held
         entry = Entry(stream, entry_id, fields, deliveries)
         self.held[(stream, entry_id)] = entry
         entry.task = asyncio.create_task(self._handle(entry))
+        return entry
 
     async def _handle(self, entry: Entry) -> None:
         try:
@@ -264,12 +276,18 @@ class Engine:
                         "pending entries were deleted from the stream",
                         extra={"stream": stream, "entries": [d.decode() for d in deleted]},
                     )
+                    self.kind.deleted(stream, list(deleted))
                 for entry_id, flat, deliveries in entries:
                     fields = dict(zip(flat[::2], flat[1::2], strict=True))
                     log.info(
                         "entry taken over",
-                        extra={"kind": self.kind.name, "entry": entry_id.decode()},
+                        extra={
+                            "kind": self.kind.name,
+                            "entry": entry_id.decode(),
+                            "deliveries": deliveries,
+                        },
                     )
-                    self.take(stream, entry_id, fields, int(deliveries))
+                    if (stream, entry_id) not in self.held:
+                        self.kind.taken_over(self.take(stream, entry_id, fields, int(deliveries)))
                 if cursor in (b"0-0", "0-0"):
                     break

@@ -40,8 +40,11 @@ class InboxEvents:
     name = "events"
     group = keys.INBOX_GROUP
 
-    def __init__(self, redis: Redis, scripts: Scripts, shards: int, keep_s: int) -> None:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, shards: int, keep_s: int, max_deliveries: int = 5
+    ) -> None:
         self.redis = redis
+        self.max_deliveries = max_deliveries
         self.scripts = scripts
         self.streams = [keys.inbox(shard) for shard in range(shards)]
         self.receipts = Receipts(redis, scripts, keep_s)
@@ -52,6 +55,14 @@ class InboxEvents:
 
     async def handle(self, entry: Entry) -> None:
         body = entry.fields.get(b"b", b"")
+        if entry.deliveries > self.max_deliveries:
+            # Failed that often (each try left it for reclaim): drop it rather than loop.
+            log.error(
+                "webhook batch given up",
+                extra={"entry": entry.entry_id.decode(), "deliveries": entry.deliveries},
+            )
+            await self.scripts.settle(keys=[entry.stream], args=[self.group, entry.entry_id])
+            return
         try:
             notification = webhooks.notification_decoder.decode(body)
         except msgspec.MsgspecError as exc:
@@ -66,6 +77,12 @@ class InboxEvents:
     async def hand_back(self, entries: list[Entry]) -> None:
         if self.engine is not None and entries:
             await self.engine.lease(entries, HAND_BACK_IDLE_MS)
+
+    def taken_over(self, entry: Entry) -> None:
+        pass  # the engine logs it
+
+    def deleted(self, stream: str, ids: list[bytes]) -> None:
+        pass  # the engine logs it
 
     async def apply(self, event: webhooks.Messaging) -> None:
         field = event.field()
@@ -126,9 +143,10 @@ def engine(
     block_ms: int,
     drain_s: float,
     keep_s: int,
+    max_deliveries: int = 5,
 ) -> Engine:
     """The consumer's events engine: inbox streams of every shard, one group."""
-    kind = InboxEvents(redis, scripts, shards, keep_s)
+    kind = InboxEvents(redis, scripts, shards, keep_s, max_deliveries)
     built = Engine(
         redis,
         scripts,

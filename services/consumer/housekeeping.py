@@ -1,17 +1,22 @@
-"""Upkeep that belongs to no chunk: release scheduled jobs when their send_at comes, and delete
-ended jobs once FANOUT_RETENTION has passed, so Redis memory does not grow with history.
-Any consumer may do either; the Lua scripts make doing it twice harmless."""
+"""Upkeep that belongs to no stream entry, beside the stream engine: release scheduled jobs when
+their send_at comes, delete ended jobs once FANOUT_RETENTION has passed (so Redis memory does
+not grow with history), and forget group members of pods that are gone. Any consumer may do
+any of it; the Lua scripts make doing it twice harmless. ``run`` loops each step, logging a
+failure and carrying on."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.scripts import Scripts
+from shared.settings import ConsumerSettings
 
 log = logging.getLogger("fanout.consumer")
 
@@ -82,16 +87,45 @@ async def forget_gone_consumers(
     so XINFO CONSUMERS does not grow with every deploy."""
     forgotten = 0
     for shard in range(shards):
-        stream = keys.work_stream(shard)
-        try:
-            members: list[dict[str, Any]] = await redis.xinfo_consumers(stream, keys.GROUP)
-        except ResponseError:
-            continue  # no stream or group yet
-        for member in members:
-            name = member["name"].decode() if isinstance(member["name"], bytes) else member["name"]
-            if name == me or int(member["pending"]) or int(member["idle"]) < gone_after_ms:
-                continue
-            forgotten += int(await scripts.forget_consumer(keys=[stream], args=[keys.GROUP, name]))
+        for stream, group in (
+            (keys.work_stream(shard), keys.GROUP),
+            (keys.callbacks(shard), keys.CALLBACK_GROUP),
+            (keys.inbox(shard), keys.INBOX_GROUP),
+        ):
+            try:
+                members: list[dict[str, Any]] = await redis.xinfo_consumers(stream, group)
+            except ResponseError:
+                continue  # no stream or group yet
+            for member in members:
+                raw = member["name"]
+                name = raw.decode() if isinstance(raw, bytes) else raw
+                if name == me or int(member["pending"]) or int(member["idle"]) < gone_after_ms:
+                    continue
+                forgotten += int(await scripts.forget_consumer(keys=[stream], args=[group, name]))
     if forgotten:
         log.info("forgot consumers that are gone", extra={"consumers": forgotten})
     return forgotten
+
+
+async def run(redis: Redis, scripts: Scripts, settings: ConsumerSettings) -> None:
+    """Every step on its own period, until cancelled."""
+    shards, me = settings.shards, settings.consumer_name
+    await asyncio.gather(
+        _every(0.5, lambda: release_due(redis, scripts, shards)),
+        _every(
+            min(60.0, settings.retention_s / 4),
+            lambda: sweep(redis, scripts, shards, settings.retention_s),
+        ),
+        _every(300.0, lambda: forget_gone_consumers(redis, scripts, shards, me)),
+    )
+
+
+async def _every(seconds: float, step: Callable[[], Awaitable[int]]) -> None:
+    while True:
+        try:
+            await step()
+        except (RedisError, OSError) as exc:
+            log.warning("housekeeping step failed", extra={"error": str(exc)})
+        except Exception:
+            log.exception("housekeeping step failed")
+        await asyncio.sleep(seconds)

@@ -32,6 +32,7 @@ async def serve(settings: ConsumerSettings, probe_socket: socket.socket) -> None
         block_ms=settings.block_ms,
         drain_s=settings.drain_s,
         keep_s=settings.retention_s,
+        max_deliveries=settings.max_deliveries,
     )
 
     def stop() -> None:

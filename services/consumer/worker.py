@@ -1,10 +1,13 @@
-"""The consumer: read chunks, deliver them, record them; take over what dead consumers left.
+"""The consumer: chunks are the stream engine's first kind of work (services/consumer/
+engine.py reads, renews leases, reclaims and drains; this module says what a chunk is).
 
 run()
-  ├── reader: XREADGROUP (BLOCK) on every shard's work stream, only while the chunks it
-  │           holds leave room for more recipients than ``concurrency`` (no hoarding)
+  ├── engine: XREADGROUP (BLOCK) on every shard's work stream, only while the chunks held
+  │           leave room for more recipients than ``concurrency`` (room_for: no hoarding);
+  │           leases renewed, idle chunks of dead consumers taken over with their delivery
+  │           count (past FANOUT_MAX_DELIVERIES: the dead stream)
   ├── one task per chunk: begin (ledger) -> senders -> finish (ledger, ack, release next)
-  ├── upkeep: renew the leases of held chunks; XAUTOCLAIM idle ones (reclaim.py)
+  ├── housekeeping beside it: scheduled jobs, retention, gone consumers (housekeeping.py)
   └── stop(): stop reading, let held chunks finish until the drain deadline, put the
               rest back in their streams as new entries (read at once by the fleet), close
 """
@@ -15,15 +18,15 @@ import asyncio
 import logging
 import time
 from functools import partial
-from typing import cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from services.consumer import ledger, screen
+from services.consumer import housekeeping, ledger, screen
 from services.consumer.attachments import Uploads, is_media
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
+from services.consumer.engine import Engine, Entry
 from services.consumer.limiter import Limiters
 from services.consumer.recorder import FLUSH_AT, Recorder
 from shared import audit, control, keys, metrics, suppressions
@@ -43,14 +46,13 @@ _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configur
 class Held:
     """A chunk entry this consumer holds, from read (or reclaim) until finished."""
 
-    __slots__ = ("entry_id", "payload", "recipients", "shard", "task", "waiting", "work")
+    __slots__ = ("entry_id", "payload", "recipients", "shard", "waiting", "work")
 
     def __init__(self, shard: int, entry_id: bytes, payload: bytes, recipients: int) -> None:
         self.shard = shard
         self.entry_id = entry_id
         self.payload = payload
         self.recipients = recipients
-        self.task: asyncio.Task[None] | None = None
         self.work: ChunkWork | None = None
         self.waiting = False  # for its page's permits
 
@@ -65,6 +67,11 @@ class Held:
 
 
 class Consumer:
+    """The engine's ``Kind`` for chunks, and what delivering them needs."""
+
+    name = "chunks"
+    group = keys.GROUP
+
     def __init__(self, settings: ConsumerSettings, redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
@@ -82,7 +89,15 @@ class Consumer:
         self.held: dict[tuple[int, bytes], Held] = {}
         self.stopping = asyncio.Event()
         self.ready = False
-        self._room = asyncio.Event()
+        self.engine = Engine(
+            redis,
+            self.scripts,
+            self,
+            self.name,
+            claim_idle_ms=settings.claim_idle_ms,
+            block_ms=settings.block_ms,
+            drain_s=settings.drain_s,
+        )
         self._specs: dict[str, JobSpec] = {}
         self._recorders: dict[str, Recorder] = {}
         self._chunk_size_seen = 100
@@ -105,8 +120,6 @@ class Consumer:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        from services.consumer.reclaim import Upkeep  # a cycle otherwise: upkeep drives us
-
         self._senders = Senders(
             self.client,
             self.settings.concurrency,
@@ -115,18 +128,14 @@ class Consumer:
             self.settings.retry_budget_s,
             self._suppress,
         )
-        await self._join_groups()
-        upkeep = Upkeep(self)
-        upkeep_task = asyncio.create_task(upkeep.run())
+        await self.engine.join_groups()
+        upkeep_task = asyncio.create_task(housekeeping.run(self.redis, self.scripts, self.settings))
         self.ready = True
         log.info("consumer started", extra={"consumer": self.name, "shards": len(self.streams)})
         try:
-            await asyncio.gather(
-                *(self._read_loop(stream, shard) for stream, shard in self.streams.items())
-            )
+            await self.engine.run()  # until stop(), then the drain
         finally:
             self.ready = False
-            await self._drain()
             upkeep_task.cancel()
             await asyncio.gather(upkeep_task, return_exceptions=True)
             await self._senders.close()
@@ -135,30 +144,9 @@ class Consumer:
 
     def stop(self) -> None:
         self.stopping.set()
-        self._room.set()
+        self.engine.stop()
 
-    async def _join_groups(self) -> None:
-        for stream in self.streams:
-            try:
-                # At 0, never $: entries added before the group existed are work too.
-                await self.redis.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
-
-    async def _drain(self) -> None:
-        tasks = [h.task for h in self.held.values() if h.task is not None]
-        if tasks:
-            log.info("draining", extra={"chunks": len(tasks), "deadline_s": self.settings.drain_s})
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.drain_s)
-            if pending:
-                leftovers = list(self.held.values())
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                await self._hand_back(leftovers)
-
-    async def _hand_back(self, leftovers: list[Held]) -> None:
+    async def hand_back(self, entries: list[Entry]) -> None:
         """Chunks that could not finish in time go back to the fleet at once: what they got is
         recorded, and the entry is put back in its stream as a new one (the finish script's
         requeue), which a blocking reader elsewhere receives immediately; a paused job's goes
@@ -166,7 +154,10 @@ class Consumer:
         their next holder counts them in doubt. Only if Redis refuses does an entry wait for a
         lease to lapse."""
         handed = 0
-        for held in leftovers:
+        for entry in entries:
+            held = entry.work
+            if not isinstance(held, Held):
+                continue
             try:
                 chunk = chunk_decoder.decode(held.payload)
                 outcome = held.work.outcome() if held.work else Outcome([], [], [])
@@ -186,74 +177,48 @@ class Consumer:
                 )
         log.info("handed back", extra={"chunks": handed})
 
+    def taken_over(self, entry: Entry) -> None:
+        metrics.CHUNKS_RECLAIMED.inc()
+
+    def deleted(self, stream: str, ids: list[bytes]) -> None:
+        metrics.CHUNKS_LOST.inc(len(ids))
+
     # --- reading --------------------------------------------------------------------------
 
-    def free_recipients(self) -> int:
-        return self.settings.concurrency - sum(h.reserved() for h in self.held.values())
+    def free_recipients(self, starting: int = 0) -> int:
+        reserved = sum(h.reserved() for h in self.held.values())
+        return self.settings.concurrency - reserved - starting * self._chunk_size_seen
 
-    def room_for(self) -> int:
+    def room_for(self, starting: int = 0) -> int:
         """How many more chunks to take now: one more whenever any sender would otherwise sit
         idle, and never more than a bounded number held (chunks waiting for permits claim no
-        capacity). Rounded up, not down: with fewer senders than a chunk has recipients, a
+        capacity). ``starting``: chunks taken whose task has not begun yet, each claiming a
+        full chunk. Rounded up, not down: with fewer senders than a chunk has recipients, a
         floor would read nothing while one throttled chunk holds a few senders, and another
         page's job would wait behind it."""
-        if len(self.held) >= self._max_held:
+        held = len(self.held) + starting
+        if held >= self._max_held:
             return 0
-        free = self.free_recipients()
-        if not self.held:
+        free = self.free_recipients(starting)
+        if not held:
             return max(1, -(-free // self._chunk_size_seen))
         return max(0, -(-free // self._chunk_size_seen))
 
-    async def _read_loop(self, stream: str, shard: int) -> None:
-        """One reader per shard, each blocking on its own stream, so a quiet shard never holds
-        up a busy one (and every read touches one slot, as a Redis Cluster needs)."""
-        backoff_s = 0.1
-        while not self.stopping.is_set():
-            count = self.room_for()
-            if count == 0:
-                await self._wait_for_room()
-                continue
-            try:
-                reply = await self.redis.xreadgroup(
-                    keys.GROUP,
-                    self.name,
-                    {stream: ">"},
-                    # Readers share the room: each asks for its part, at least one chunk.
-                    count=max(1, count // len(self.streams)),
-                    block=self.settings.block_ms,
-                )
-                replies = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply)
-                backoff_s = 0.1
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream was deleted under us: recreate
-                    await self._join_groups()
-                    continue
-                raise
-            except (RedisError, OSError) as exc:
-                log.warning("read failed; retrying", extra={"shard": shard, "error": str(exc)})
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 1.0)  # read again within ~1 s of Redis
-                continue
-            for _, entries in replies or []:
-                for entry_id, fields in entries:
-                    self.take(shard, entry_id, fields, deliveries=1)
-
-    async def _wait_for_room(self) -> None:
-        self._room.clear()
-        await self._room.wait()
-
-    def take(
-        self, shard: int, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
-    ) -> None:
-        """Hold an entry and start its task (from a read or a reclaim)."""
-        if (shard, entry_id) in self.held:
-            return
-        payload = fields.get(b"c", b"")
-        held = Held(shard, entry_id, payload, self._chunk_size_seen)
-        self.held[(shard, entry_id)] = held
-        held.task = asyncio.create_task(self._handle(held, payload, deliveries))
+    def room(self, held: int) -> int:
+        # The engine holds every entry from the moment it is read; this consumer's Held only
+        # once its task runs: the difference is chunks about to start.
+        return self.room_for(starting=max(0, held - len(self.held)))
 
     # --- one chunk ------------------------------------------------------------------------
+
+    async def handle(self, entry: Entry) -> None:
+        """Hold an entry (from a read or a takeover) and deliver its chunk."""
+        shard = self.streams[entry.stream]
+        payload = entry.fields.get(b"c", b"")
+        held = Held(shard, entry.entry_id, payload, self._chunk_size_seen)
+        entry.work = held  # for a hand-back at the drain
+        self.held[(shard, entry.entry_id)] = held
+        await self._handle(held, payload, entry.deliveries)
 
     async def _handle(self, held: Held, payload: bytes, deliveries: int) -> None:
         try:
@@ -277,7 +242,6 @@ class Consumer:
             if held.work is not None and not held.work.done.done():
                 held.work.done.set_result(None)  # abandoned: senders drop what is queued
             self.held.pop((held.shard, held.entry_id), None)
-            self._room.set()
 
     async def _deliver(self, held: Held, chunk: Chunk, k: keys.JobKeys, payload: bytes) -> None:
         # Every ledger call of a chunk is retried while Redis is unreachable: the chunk keeps
@@ -313,7 +277,7 @@ class Consumer:
         offset = 0
         while offset < len(sendable) and not spec.stopped:
             held.waiting = True
-            self._room.set()  # waiting frees capacity for other pages' chunks
+            self.engine.wake()  # waiting frees capacity for other pages' chunks
             try:
                 taken = await ledger.retrying(
                     partial(spec.limiter.take, len(sendable) - offset), "take permits"
