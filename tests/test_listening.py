@@ -11,7 +11,9 @@ the test's own redis-server.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,12 +21,14 @@ import pytest
 import redis
 from conftest import API_TOKENS, OTHER_PAGE, PAGE, RedisServer, Stack, psids, wait_for
 from redis.asyncio import Redis as AsyncRedis
+from redis_cluster import Cluster, ClusterStack
 
 from services.consumer import ledger
-from shared import keys, window
+from shared import keys, suppressions, window
 from shared.classify import classify
 from shared.models import GraphAnswer, GraphError
 from shared.provider import SendResult
+from shared.redisconn import open_redis
 from shared.scripts import Scripts
 
 UTILITY = {
@@ -358,3 +362,39 @@ def test_skips_count_once_and_a_redelivered_chunk_sends_none_of_them(
     h = r.hgetall(k.hash)
     assert (h[b"skipped"], h[b"skip:window_closed"], h[b"skip:suppressed"]) == (b"2", b"1", b"1")
     assert r.xlen(k.skips) == 2 and r.getbit(k.fallback, 2) == 1
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli creates the cluster")
+def test_window_and_suppressions_on_a_redis_cluster(tmp_path: Path) -> None:
+    """The same dispatch on 3 masters + 3 replicas: the window's buckets and the suppression
+    list live in the page's slot, the job's skip script in the job's. Fed through
+    ``shared.window.touch`` and ``shared.suppressions.add`` over a cluster client."""
+    cluster = Cluster(tmp_path)
+    stack = ClusterStack(cluster)
+    try:
+        stack.start_fakegraph()
+        api = stack.start_producer()
+        stack.start_consumer("c1")
+        people = psids(300, offset=50_000)
+        inside, blocked = people[:100], people[:100:20]
+
+        async def feed() -> None:
+            client = await open_redis(cluster.url)
+            now_ms = int(time.time() * 1000)
+            for psid in inside:
+                await window.touch(client, PAGE, psid, now_ms)
+            await suppressions.add(client, PAGE, blocked, "551/1545041", now_ms)
+            await client.aclose()
+
+        asyncio.run(feed())
+        job = stack.wait_done(stack.submit(people, window="require"), 60)
+        assert (job["sent"], job["skipped"]) == (95, 205)
+        assert job["skipped_reasons"] == {"window_closed": 200, "suppressed": 5}
+        assert stack.fake is not None and stack.fake.stats()["requests"] == 95
+        person = api.get(f"/v1/pages/{PAGE}/people/{blocked[0]}").json()
+        assert (person["in_window"], person["suppressed"]["code"]) == (True, "551/1545041")
+        listed = api.get(f"/v1/pages/{PAGE}/suppressions").json()["items"]
+        assert [i["psid"] for i in listed] == sorted(blocked)
+    finally:
+        stack.stop()
+        cluster.stop()
