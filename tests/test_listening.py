@@ -267,6 +267,19 @@ def test_window_default_requires_it_only_after_a_day_of_webhooks(stack: Stack) -
         ({"fallback": UTILITY, "window": "ignore"}, "window"),
         ({"fallback": UTILITY, "messaging_type": "MESSAGE_TAG", "tag": "HUMAN_AGENT"}, "fallback"),
         ({"window": "sometimes"}, "window"),
+        (
+            {
+                "fallback": {
+                    "template": {
+                        **UTILITY["template"],
+                        "components": [
+                            {"type": "body", "parameters": [{"type": "text", "text": "{{name}}"}]}
+                        ],
+                    }
+                }
+            },
+            "fallback.template.components[0].parameters[0].text",
+        ),
         ({"suppress": "no"}, "suppress"),
     ],
 )

@@ -108,7 +108,14 @@ def check_fallback(spec: UploadSpec, recipients: int | None) -> None:
         messages.check_lane("UTILITY", None, spec.fallback, recipients)
         if spec.fallback.template is None:
             raise ApiError(422, "invalid_field", "a fallback is a message.template", "template")
-        Personalised(spec.fallback).render({})
+        personalised = Personalised(spec.fallback)
+        missing = personalised.unfillable({})
+        if missing is not None:
+            # Filled once for the job: per-recipient columns are the main message's.
+            message = f"{{{{{missing}}}}} in a fallback needs a default, as {{{{{missing}|...}}}}"
+            field = personalised.field_using(missing)
+            raise ApiError(422, "unfillable_placeholder", message, field)
+        personalised.render({})
     except ApiError as exc:
         field = (exc.field or "").removeprefix("message.").removeprefix("message")
         where = f"fallback.{field}" if field else "fallback"
