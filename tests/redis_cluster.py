@@ -49,6 +49,17 @@ class Cluster:
                 stdout=subprocess.DEVNULL,
             )
         self.nodes = {port: redis.Redis(host="127.0.0.1", port=port) for port in self.ports}
+        try:
+            self._create()
+        except BaseException:
+            for proc in self.procs.values():  # nobody else would stop them
+                proc.kill()
+                proc.wait()
+            raise
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
+        self.client = RedisCluster(host="127.0.0.1", port=self.ports[0])
+
+    def _create(self) -> None:
         for port in self.ports:
             wait_for(self.nodes[port].ping, 10, f"node {port}")
         subprocess.run(
@@ -63,8 +74,6 @@ class Cluster:
         )
         wait_for(self.healthy, 30, "the cluster to be ok")
         wait_for(self.replicas_in_sync, 30, "every replica to sync with its master")
-        self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
-        self.client = RedisCluster(host="127.0.0.1", port=self.ports[0])
 
     def healthy(self) -> bool:
         alive = [p for p in self.ports if self.procs[p].poll() is None]
