@@ -25,7 +25,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from delivery import API_TOKEN, PAGE, PAGE_TOKEN, ROOT, free_port, wait
-from test_cluster import Cluster
+from redis_cluster import Cluster
 
 
 def run(redis_url: str, consumers: int, messages: int) -> float:
