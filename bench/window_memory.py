@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness import Harness
 
-from shared import keys, suppressions, window
+from shared import suppressions, window
 
 _TASKS = 64
 
@@ -106,10 +106,7 @@ def main() -> None:
 
         asyncio.run(suppress())
         grown = used(r) - before
-        total = sum(
-            int(r.memory_usage(k, samples=0) or 0)
-            for k in (keys.suppressions("1001"), keys.suppression_index("1001"))
-        )
+        total, count, encodings = usage(r, "fanout:page:*:supp:*")
         n = args.suppressed
         print(
             f"suppressions: {n:,} on one page; used_memory +{grown / n:.1f} B/person,"

@@ -109,14 +109,10 @@ def window_heard(page_id: str) -> str:
     return f"fanout:page:{{{page_id}}}:heard"
 
 
-def suppressions(page_id: str) -> str:
-    """The page's suppressed PSIDs: a hash PSID -> "code time_ms"."""
-    return f"fanout:page:{{{page_id}}}:supp"
-
-
-def suppression_index(page_id: str) -> str:
-    """The same PSIDs in a zset of equal scores, for listing in order with a cursor."""
-    return f"fanout:page:{{{page_id}}}:supp:index"
+def suppressions(page_id: str, bucket: int) -> str:
+    """One bucket of the page's suppressed PSIDs: a small hash PSID -> "time_ms code" (see
+    shared/suppressions.py)."""
+    return f"fanout:page:{{{page_id}}}:supp:{bucket}"
 
 
 def new_job_id(shard: int) -> str:

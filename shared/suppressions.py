@@ -2,20 +2,30 @@
 
 Filled automatically by answers permanent for the person (the ``SUPPRESS`` pairs of
 shared/classify.py: blocked the page, no such user, opted out) and by the API; every job skips
-them at dispatch unless it sets ``suppress: false``. Both keys live in the page's hash-tag slot:
-a hash PSID -> "code time_ms" for the dispatch check (one HMGET per chunk), and a zset of equal
-scores over the same PSIDs so the API lists them in order from a cursor.
+them at dispatch unless it sets ``suppress: false``.
+
+Storage: ``BUCKETS`` small hashes PSID -> "time_ms code" per page, in the page's hash-tag slot,
+created as people are suppressed. Up to about 100,000 people per page each bucket stays under
+``hash-max-listpack-entries`` (128), a listpack, where a suppressed person costs about 35 bytes
+(a hash table entry and a sorted index would cost 200: bench/window_memory.py). Dispatch reads
+one HGET per recipient, pipelined with the window's reads. The API lists a page's suppressions
+bucket by bucket, PSIDs in order within each, from an opaque cursor ``<bucket>:<psid>``.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from shared import keys
+
+BUCKETS = 1024
+_SCAN_BATCH = 64  # buckets read per round trip while listing
 
 
 class Suppression(msgspec.Struct, kw_only=True):
@@ -24,8 +34,12 @@ class Suppression(msgspec.Struct, kw_only=True):
     suppressed_at_ms: int
 
 
-def _pack(code: str, at_ms: int) -> str:
-    return f"{at_ms} {code}"
+def bucket_of(psid: str) -> int:
+    return zlib.crc32(psid.encode()) % BUCKETS
+
+
+def _key(page_id: str, psid: str) -> str:
+    return keys.suppressions(page_id, bucket_of(psid))
 
 
 def unpack(psid: str, raw: bytes) -> Suppression:
@@ -37,39 +51,69 @@ async def add(redis: Redis, page_id: str, psids: Sequence[str], code: str, at_ms
     """Suppress people (again: the newest code and time win); how many were new."""
     if not psids:
         return 0
-    packed = _pack(code, at_ms)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.suppressions(page_id), mapping=dict.fromkeys(psids, packed))
-        pipe.zadd(keys.suppression_index(page_id), dict.fromkeys(psids, 0))
-        new, _ = await pipe.execute()
-    return int(new)
+    packed = f"{at_ms} {code}"
+    by_bucket: dict[int, list[str]] = {}
+    for psid in dict.fromkeys(psids):
+        by_bucket.setdefault(bucket_of(psid), []).extend((psid, packed))
+    async with redis.pipeline(transaction=False) as pipe:
+        for bucket, items in by_bucket.items():
+            pipe.hset(keys.suppressions(page_id, bucket), items=items)
+        added: list[int] = await pipe.execute()
+    return sum(added)
 
 
 async def remove(redis: Redis, page_id: str, psid: str) -> bool:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hdel(keys.suppressions(page_id), psid)
-        pipe.zrem(keys.suppression_index(page_id), psid)
-        removed, _ = await pipe.execute()
-    return bool(removed)
+    return bool(await redis.hdel(_key(page_id, psid), psid))
 
 
 async def get(redis: Redis, page_id: str, psid: str) -> Suppression | None:
-    raw = cast(bytes | None, await redis.hget(keys.suppressions(page_id), psid))
+    raw = cast(bytes | None, await redis.hget(_key(page_id, psid), psid))
     return None if raw is None else unpack(psid, raw)
 
 
+def queue_reads(pipe: Pipeline, page_id: str, psids: Sequence[str]) -> None:
+    """Queue one read per PSID (its suppression or None) on a pipeline."""
+    for psid in psids:
+        pipe.hget(_key(page_id, psid), psid)
+
+
+def parse_cursor(cursor: str) -> tuple[int, str] | None:
+    """A ``next`` value from an earlier page, or None when it is not one."""
+    bucket, sep, psid = cursor.partition(":")
+    if not sep or not bucket.isdigit() or int(bucket) >= BUCKETS or not psid.isdigit():
+        return None
+    return int(bucket), psid
+
+
 async def page(
-    redis: Redis, page_id: str, after: str | None, limit: int
+    redis: Redis, page_id: str, after: tuple[int, str] | None, limit: int
 ) -> tuple[list[Suppression], str | None]:
-    """Suppressions in PSID order after the cursor; the next cursor, None at the end."""
-    start = f"({after}" if after else "-"
-    members = cast(
-        list[bytes],
-        await redis.zrangebylex(keys.suppression_index(page_id), start, "+", 0, limit),
-    )
-    psids = [m.decode() for m in members]
-    if not psids:
-        return [], None
-    raw = cast(list[bytes | None], await redis.hmget(keys.suppressions(page_id), psids))
-    items = [unpack(p, r) for p, r in zip(psids, raw, strict=True) if r is not None]
-    return items, psids[-1] if len(psids) == limit else None
+    """Up to ``limit`` suppressions after the cursor; the next cursor, None at the end."""
+    start, after_psid = after if after is not None else (0, "")
+    items: list[tuple[int, Suppression]] = []
+    for first in range(start, BUCKETS, _SCAN_BATCH):
+        buckets = range(first, min(first + _SCAN_BATCH, BUCKETS))
+        async with redis.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
+                pipe.hgetall(keys.suppressions(page_id, bucket))
+            replies: list[dict[Any, Any]] = await pipe.execute()
+        for bucket, found in zip(buckets, replies, strict=True):
+            for psid in sorted(found, key=lambda raw: (len(raw), raw)):
+                text = psid.decode()
+                if (
+                    bucket == start
+                    and after is not None
+                    and (len(text), text)
+                    <= (
+                        len(after_psid),
+                        after_psid,
+                    )
+                ):
+                    continue
+                items.append((bucket, unpack(text, found[psid])))
+        if len(items) > limit:
+            break
+    page_items = items[:limit]
+    more = len(items) > limit
+    cursor = f"{page_items[-1][0]}:{page_items[-1][1].psid}" if more else None
+    return [item for _, item in page_items], cursor

@@ -1,7 +1,7 @@
 """Who of a chunk is not sent the job's message, decided at dispatch without any API call.
 
-One pipelined read per chunk (not per recipient) asks the page's suppression list (one HMGET)
-and, when the job requires the 24-hour window, each recipient's window bucket:
+One pipelined read per chunk (not per recipient) asks the page's suppression list and, when
+the job requires the 24-hour window, the window's buckets, for every recipient of the chunk:
 
   suppressed                  skipped, code ``suppressed`` (unless the job set suppress false)
   outside the window          the job's utility ``fallback`` when it has one, else skipped
@@ -18,7 +18,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from services.consumer.ledger import Skip
-from shared import keys, window
+from shared import suppressions, window
 from shared.models import Chunk
 
 _SUPPRESSED = "the person is on the page's suppression list"
@@ -50,12 +50,13 @@ async def screen(
     ids = chunk.ids
     async with redis.pipeline(transaction=False) as pipe:
         if suppress:
-            pipe.hmget(keys.suppressions(page_id), ids)
+            suppressions.queue_reads(pipe, page_id, ids)
         if require_window:
             window.queue_reads(pipe, page_id, ids)
         replies = cast(list[object], await pipe.execute())
-    suppressed = cast(list[bytes | None], replies[0]) if suppress else [None] * len(ids)
-    lasts = window.newest(replies[1:] if suppress else replies)
+    n = len(ids) if suppress else 0
+    suppressed = replies[:n] if suppress else [None] * len(ids)
+    lasts = window.newest(replies[n:])
     now_s = time.time()
     skipped: list[Skip] = []
     fallback: list[int] = []

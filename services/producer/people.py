@@ -51,9 +51,11 @@ def _item(found: suppressions.Suppression) -> SuppressionItem:
 
 async def list_suppressions(request: Request) -> Response:
     page_id = _page(request)
-    after = request.query_params.get("after")
-    if after is not None:
-        _psid(after, "after")
+    raw = request.query_params.get("after")
+    after = None if raw is None else suppressions.parse_cursor(raw)
+    if raw is not None and after is None:
+        message = "after must be a `next` value from a previous page"
+        raise ApiError(422, "invalid_field", message, "after")
     limit = limit_param(request, 100, 1000)
     items, cursor = await suppressions.page(state_of(request).redis, page_id, after, limit)
     return json_response(SuppressionPage(items=[_item(i) for i in items], next=cursor))
