@@ -109,6 +109,7 @@ def test_bad_send_at_wait_and_idempotency_key_are_422(stack: Stack) -> None:
         ({}, body(5, send_at="tomorrow"), "send_at"),
         ({}, body(5, send_at="2026-12-01T09:00:00"), "send_at"),  # no time zone
         ({}, body(5, send_at="2999-01-01T00:00:00Z"), "send_at"),
+        ({}, body(5, send_at="2020-01-01T00:00:00Z"), "send_at"),  # in the past
         ({"params": {"wait": "26"}}, body(5), "wait"),
         ({"params": {"wait": "soon"}}, body(5), "wait"),
         ({"headers": {"Idempotency-Key": "has space"}}, body(5), "Idempotency-Key"),

@@ -29,7 +29,7 @@ class Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail(
-                "prometheus is not installed: run scripts/setup (Debian package prometheus)"
+                "prometheus is not installed: run scripts/setup --dev (Debian package prometheus)"
             )
         rule = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
         (workdir / "rules.yaml").write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))

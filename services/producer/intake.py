@@ -172,6 +172,9 @@ def check_job(job: JobRequest, settings: ProducerSettings) -> Message:
 _IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _MAX_WAIT_S = 25
 _MAX_SCHEDULE_AHEAD_S = 366 * 86400
+# A send_at this close behind the server's clock (a client's "now", a little clock skew) sends
+# at once; anything older is refused with 422.
+_PAST_GRACE_S = 60
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -215,6 +218,11 @@ def send_at_ms(job: UploadSpec) -> int:
         message = "send_at needs a time zone, e.g. 2026-12-01T09:00:00Z or +01:00"
         raise ApiError(422, "invalid_field", message, "send_at")
     ms = int(when.timestamp() * 1000)
-    if ms > (time.time() + _MAX_SCHEDULE_AHEAD_S) * 1000:
+    now_ms = time.time() * 1000
+    if ms < now_ms - _PAST_GRACE_S * 1000:
+        # Refused, not quietly sent now: a stale time in a script is a mistake worth naming.
+        message = f"send_at is in the past ({job.send_at}); leave it out to send now"
+        raise ApiError(422, "invalid_field", message, "send_at")
+    if ms > now_ms + _MAX_SCHEDULE_AHEAD_S * 1000:
         raise ApiError(422, "invalid_field", "send_at is more than a year ahead", "send_at")
     return ms
