@@ -472,7 +472,8 @@ def test_the_consumer_sends_through_the_proxy_unless_no_proxy_says(
             sends = [
                 line for line in proxy.request_lines if line.endswith(b"/me/messages HTTP/1.1")
             ]
-            assert len(sends) == 40
+            # every POST fakegraph answered came through the proxy (a resend under load too)
+            assert len(sends) == fake.stats()["requests"] >= 40
             assert sends[0].startswith(f"POST {fake.url}/".encode())  # absolute form
         wait_for(lambda: '"msg": "starting"' in consumer.output(), 5, "the start-up line")
         start = next(line for line in consumer.output().splitlines() if '"msg": "starting"' in line)
