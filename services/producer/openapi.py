@@ -224,7 +224,7 @@ def _people(page: list[dict[str, Any]]) -> dict[str, Any]:
                 "operationId": "listSuppressions",
                 "parameters": [page_id, *page],
                 "responses": {
-                    "200": _answer("SuppressionPage", "in PSID order"),
+                    "200": _answer("SuppressionPage", "a page of them; next as ?after="),
                     **_errors(401, 403, 422),
                 },
             },
