@@ -31,6 +31,7 @@ def _run_producer(args: argparse.Namespace) -> int:
     # after the app had started.
     sock = listen(args.host, args.port, "--port")
     logs.setup("producer", settings.log_level, (s.reveal() for s in settings.api_tokens.values()))
+    logs.started("producer", settings)
     # uvicorn says where it listens only for sockets it bound itself; --port 0 needs telling.
     where = {"host": args.host, "port": bound_port(sock)}
     logging.getLogger("fanout.producer").info("listening", extra=where)
@@ -63,6 +64,7 @@ def _run_consumer(args: argparse.Namespace) -> int:
     probe_socket = health.bind(settings.metrics_port)
     secrets = [*settings.page_tokens.values(), *settings.callback_secrets.values()]
     logs.setup("consumer", settings.log_level, (s.reveal() for s in secrets))
+    logs.started("consumer", settings)
     uvloop.run(serve(settings, probe_socket))
     return 0
 
