@@ -76,7 +76,11 @@ def test_restricted_page_pauses_its_jobs_fleet_wide_until_resumed(stack: Stack) 
     assert stats["delivered"] == 4000 and stats["duplicates"] == 0, stats
     assert set(fake.delivered()[PAGE]) == set(first) | set(second)
     refusals = fake.http.get("/_fake/refused").json()["10/1893063"]
-    print(f"restriction: {sum(refusals.values())} sends refused with 10/1893063 in all")
+    indoubt = sum(j["indoubt"] for j in jobs)
+    print(
+        f"restriction: {sum(refusals.values())} sends refused with 10/1893063 in all;"
+        f" indoubt {indoubt}, duplicates {stats['duplicates']}"
+    )
     assert sum(refusals.values()) <= 2 * 256  # at most what was in flight per consumer
     assert api.post("/v1/jobs", json=_ONE).status_code == 202
     assert "page restriction lifted" in stack.logs()
