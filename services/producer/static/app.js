@@ -500,7 +500,10 @@
     setTime($("t-created"), job.created_at);
     setTime($("t-started"), job.started_at);
     setTime($("t-finished"), job.finished_at);
-    renderCodes(job.error_codes || {});
+    // Skipped recipients carry their reason (window_closed, suppressed, cancelled) beside the
+    // provider's codes of the failed ones.
+    const skips = Object.entries(job.skipped_reasons || {}).map(([k, n]) => [`skipped: ${k}`, n]);
+    renderCodes({ ...(job.error_codes || {}), ...Object.fromEntries(skips) });
     renderControls();
     announce(job);
     const due = Date.now() - view.errorsLoadedAt >= ERRORS_REFRESH_MS;
