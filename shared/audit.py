@@ -5,8 +5,8 @@
   who (the tenant), what, which job or page, and the result;
 - ``refused``: every request answered 4xx: status, error code, route template, method, the
   tenant when it had authenticated; never a token, never a raw path (ids stay out);
-- ``job_ended``: a job's end, whoever ended it, with its counts and durations, read from the
-  job hash so every way a job ends writes the same line.
+- ``job_ended``: a job's end, whoever ended it, with its final counts and durations, read from
+  the job hash so every way a job ends writes the same line, exactly once fleet-wide.
 """
 
 from __future__ import annotations
@@ -46,16 +46,24 @@ def _seconds(later: bytes | None, earlier: bytes | None) -> float | None:
 
 
 async def job_ended(redis: Redis, job_id: str) -> None:
-    """One line for a job that just ended. Best effort: a log line is never worth failing the
-    work that ended the job, so a Redis error here is logged and dropped."""
+    """One line for a job that has ended, written by whichever caller sees its end first: any
+    process that may have ended a job calls this (the chunk finish that completed it, a stop, a
+    cancel), and the job hash's ``end_logged`` field (HSETNX) elects one. A stopped job with
+    chunks still in flight is not over until the last one is in (``finished_at``, final
+    skipped count): until then this writes nothing, and that last chunk's finish calls again.
+    Best effort: a log line is never worth failing the work that ended the job, so a Redis
+    error here is logged and dropped."""
+    job_hash = keys.JobKeys.of(job_id).hash
     try:
-        raw = await redis.hmget(keys.JobKeys.of(job_id).hash, list(_END_FIELDS))
+        raw = await redis.hmget(job_hash, list(_END_FIELDS))
+        h = dict(zip(_END_FIELDS, cast(list[bytes | None], raw), strict=True))
+        if h["status"] is None or h["finished_at"] is None:
+            return  # swept already, or not over yet
+        if not await redis.hsetnx(job_hash, "end_logged", "1"):
+            return  # another process has written the line
     except (RedisError, OSError) as exc:
         log.warning("job end not logged", extra={"job_id": job_id, "error": str(exc)})
         return
-    h = dict(zip(_END_FIELDS, cast(list[bytes | None], raw), strict=True))
-    if h["status"] is None:
-        return  # already swept
     counts = {name: int(h[name] or 0) for name in ("total", "sent", "failed", "skipped")}
     counts["indoubt"] = int(h["indoubt"] or 0)
     log.info(

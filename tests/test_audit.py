@@ -84,3 +84,37 @@ def test_a_whole_job_in_the_logs(stack: Stack) -> None:
     for text in (producer_out, consumer.output()):
         assert "\x1b" not in text and "\\u001b" not in text and "color_message" not in text
         assert PAGE_TOKEN not in text and API_TOKENS["acme"] not in text
+
+
+def test_a_job_cancelled_mid_send_ends_once_with_its_final_counts(stack: Stack) -> None:
+    """Cancelled while chunks are in flight, a job is over only when the last one is in: one
+    job-end line in the whole fleet, written then, with counts that add up."""
+    stack.start_fakegraph()
+    stack.env["FANOUT_RATE_LIMIT"] = "200"  # 2,000 recipients: about 10 s of sending
+    api = stack.start_producer()
+    consumers = [stack.start_consumer("c1"), stack.start_consumer("c2")]
+    job_id = stack.submit(psids(2000))
+    wait_for(lambda: stack.job(job_id)["sent"] > 100, 30, "sending under way")
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = stack.wait_done(job_id, 30)
+    assert job["status"] == "cancelled" and job["skipped"] > 0
+    assert job["sent"] + job["failed"] + job["skipped"] == 2000
+
+    def ended_lines() -> list[Line]:
+        outputs = [stack.procs[1].output(), *(c.output() for c in consumers)]
+        return [
+            line
+            for text in outputs
+            for line in json_lines(text)
+            if line["msg"] == "job ended" and line["job_id"] == job_id
+        ]
+
+    [ended] = wait_for(ended_lines, 10, "the job-end line")
+    assert (ended["status"], ended["total"]) == ("cancelled", 2000)
+    assert (ended["sent"], ended["failed"], ended["skipped"]) == (
+        job["sent"],
+        job["failed"],
+        job["skipped"],
+    )
+    assert ended["reason"] == "cancelled by request"
+    one(json_lines(stack.procs[1].output()), msg="job cancelled", job_id=job_id)

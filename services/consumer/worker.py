@@ -29,7 +29,7 @@ from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.engine import Engine, Entry
 from services.consumer.limiter import Limiters
 from services.consumer.recorder import FLUSH_AT, Recorder
-from shared import audit, control, keys, metrics, suppressions
+from shared import audit, control, jobview, keys, metrics, suppressions
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
 from shared.provider import MessengerClient
@@ -266,6 +266,7 @@ class Consumer:
         _SENT.inc(len(outcome.sent))
         if finished.status == "completed" and finished.acked:
             log.info("job completed", extra={"job_id": chunk.job, "shard": k.shard})
+        if finished.status in jobview.ENDED:  # this finish may have been the job's last
             await audit.job_ended(self.redis, chunk.job)
 
     async def _submit(self, held: Held, work: ChunkWork) -> None:
@@ -463,5 +464,5 @@ class Consumer:
                 "failed": finished.failed,
             },
         )
-        if finished.status == "completed" and finished.acked:
+        if finished.status in jobview.ENDED:
             await audit.job_ended(self.redis, chunk.job)
