@@ -271,9 +271,14 @@ def run_once(workdir: Path, victim_index: int) -> RunResult:
         jobs = [job_id] + ([probes.probe_job] if probes.probe_job else [])
         counters_ok, detail = _counters(stack, jobs)
         detail += f"; probe answers {probes.statuses}"
-        unexpected = [line for line in stack.logs().splitlines() if "unexpected error" in line]
+        logs = "\n".join(proc.output() for proc in stack.procs if "producer" in proc.name)
+        unexpected = [
+            line
+            for line in logs.splitlines()
+            if '"status": 500' in line or "Traceback" in line or "unexpected" in line
+        ]
         if unexpected:
-            detail += f"; the producer logged {len(unexpected)}: {unexpected[0][:3000]}"
+            detail += f"; the producer logged {len(unexpected)}: {unexpected[0][-1500:]}"
         return RunResult(
             victim=victim,
             url_node=victim == cluster.ports[0],

@@ -16,7 +16,7 @@ from conftest import Stack, psids, wait_for
 from redis_cluster import Cluster, ClusterStack
 
 from shared import keys
-from shared.redisconn import open_redis, seed_urls
+from shared.redisconn import ClusterUnavailable, open_redis, seed_urls
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-cli") is None, reason="redis-cli is needed to create a cluster"
@@ -101,6 +101,21 @@ def test_a_url_names_one_node_or_several() -> None:
         "redis://:pw@h2:7001/0?ssl_cert_reqs=none",
     ]
     assert seed_urls("unix:///run/redis.sock") == ["unix:///run/redis.sock"]
+
+
+def test_a_cluster_client_comes_up_when_no_node_answers() -> None:
+    """Started while every node it names is down, it answers a RedisError (503), not a crash
+    or a RedisClusterException that every `except RedisError` would miss."""
+
+    async def main() -> None:
+        redis = await open_redis("redis://127.0.0.1:1,127.0.0.1:2/0", "auto")
+        try:
+            with pytest.raises(ClusterUnavailable):
+                await redis.ping()
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
 
 
 def test_a_script_runs_on_its_master_while_another_master_is_down(cluster: Cluster) -> None:
