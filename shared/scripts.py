@@ -28,6 +28,7 @@ class Scripts:
         self.finish_chunk: AsyncScript = redis.register_script(_source("finish_chunk"))
         self.record_answers: AsyncScript = redis.register_script(_source("record_answers"))
         self.skip_recipients: AsyncScript = redis.register_script(_source("skip_recipients"))
+        self.screen: AsyncScript = redis.register_script(_read("screen"))
         self.lease: AsyncScript = redis.register_script(_source("lease"))
         self.reclaim: AsyncScript = redis.register_script(_source("reclaim"))
         self.take_permits: AsyncScript = redis.register_script(_source("take_permits"))

@@ -8,8 +8,9 @@ Storage: ``BUCKETS`` small hashes PSID -> "time_ms code" per page, in the page's
 created as people are suppressed. Up to about 100,000 people per page each bucket stays under
 ``hash-max-listpack-entries`` (128), a listpack, where a suppressed person costs about 35 bytes
 (a hash table entry and a sorted index would cost 200: bench/window_memory.py). Dispatch reads
-one HGET per recipient, pipelined with the window's reads. The API lists a page's suppressions
-bucket by bucket, PSIDs in order within each, from an opaque cursor ``<bucket>:<psid>``.
+them with the window in one script call per chunk (services/consumer/screen.py). The API lists
+a page's suppressions bucket by bucket, PSIDs in order within each, from an opaque cursor
+``<bucket>:<psid>``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from shared import keys
 
@@ -38,7 +38,8 @@ def bucket_of(psid: str) -> int:
     return zlib.crc32(psid.encode()) % BUCKETS
 
 
-def _key(page_id: str, psid: str) -> str:
+def key_of(page_id: str, psid: str) -> str:
+    """The bucket that holds the PSID's suppression, if any."""
     return keys.suppressions(page_id, bucket_of(psid))
 
 
@@ -63,18 +64,12 @@ async def add(redis: Redis, page_id: str, psids: Sequence[str], code: str, at_ms
 
 
 async def remove(redis: Redis, page_id: str, psid: str) -> bool:
-    return bool(await redis.hdel(_key(page_id, psid), psid))
+    return bool(await redis.hdel(key_of(page_id, psid), psid))
 
 
 async def get(redis: Redis, page_id: str, psid: str) -> Suppression | None:
-    raw = cast(bytes | None, await redis.hget(_key(page_id, psid), psid))
+    raw = cast(bytes | None, await redis.hget(key_of(page_id, psid), psid))
     return None if raw is None else unpack(psid, raw)
-
-
-def queue_reads(pipe: Pipeline, page_id: str, psids: Sequence[str]) -> None:
-    """Queue one read per PSID (its suppression or None) on a pipeline."""
-    for psid in psids:
-        pipe.hget(_key(page_id, psid), psid)
 
 
 def parse_cursor(cursor: str) -> tuple[int, str] | None:

@@ -1,7 +1,8 @@
 """Who of a chunk is not sent the job's message, decided at dispatch without any API call.
 
-One pipelined read per chunk (not per recipient) asks the page's suppression list and, when
-the job requires the 24-hour window, the window's buckets, for every recipient of the chunk:
+One read-only script call per chunk (shared/lua/screen.lua, every key in the page's slot) asks
+the page's suppression list and, when the job requires the 24-hour window, the window's
+buckets in every tier, for every recipient of the chunk:
 
   suppressed                  skipped, code ``suppressed`` (unless the job set suppress false)
   outside the window          the job's utility ``fallback`` when it has one, else skipped
@@ -11,15 +12,12 @@ the job requires the 24-hour window, the window's buckets, for every recipient o
 
 from __future__ import annotations
 
-import time
-from typing import cast
-
 import msgspec
-from redis.asyncio import Redis
 
 from services.consumer.ledger import Skip
 from shared import suppressions, window
 from shared.models import Chunk
+from shared.scripts import Scripts
 
 _SUPPRESSED = "the person is on the page's suppression list"
 _CLOSED = "no interaction from the person in the last 24 hours"
@@ -37,7 +35,7 @@ NOTHING = Screened([], [])
 
 
 async def screen(
-    redis: Redis,
+    scripts: Scripts,
     page_id: str,
     chunk: Chunk,
     *,
@@ -45,29 +43,23 @@ async def screen(
     suppress: bool,
     has_fallback: bool,
 ) -> Screened:
-    if not (require_window or suppress) or not chunk.ids:
-        return NOTHING
     ids = chunk.ids
-    async with redis.pipeline(transaction=False) as pipe:
-        if suppress:
-            suppressions.queue_reads(pipe, page_id, ids)
-        if require_window:
-            window.queue_reads(pipe, page_id, ids)
-        replies = cast(list[object], await pipe.execute())
-    n = len(ids) if suppress else 0
-    suppressed = replies[:n] if suppress else [None] * len(ids)
-    lasts = window.newest(replies[n:])
-    now_s = time.time()
+    if not (require_window or suppress) or not ids:
+        return NOTHING
+    keys_ = [suppressions.key_of(page_id, psid) for psid in ids]
+    if require_window:
+        keys_ += [key for psid in ids for key in window.bucket_keys(page_id, psid)]
+    tiers = len(window.TIERS) if require_window else 0
+    args = [len(ids), tiers, window.WINDOW_S, "1" if suppress else "0", *ids]
+    raw = await scripts.screen(keys=keys_, args=args)
+    verdicts = raw.decode() if isinstance(raw, bytes) else str(raw)
     skipped: list[Skip] = []
     fallback: list[int] = []
-    for i, psid in enumerate(ids):
-        if suppressed[i] is not None:
-            skipped.append(Skip(chunk.start + i, psid, "suppressed", _SUPPRESSED))
-        elif require_window:
-            if window.in_window(lasts[i], now_s):
-                continue
-            if has_fallback:
-                fallback.append(i)
-            else:
-                skipped.append(Skip(chunk.start + i, psid, "window_closed", _CLOSED))
+    for i, verdict in enumerate(verdicts):
+        if verdict == "s":
+            skipped.append(Skip(chunk.start + i, ids[i], "suppressed", _SUPPRESSED))
+        elif verdict == "c" and has_fallback:
+            fallback.append(i)
+        elif verdict == "c":
+            skipped.append(Skip(chunk.start + i, ids[i], "window_closed", _CLOSED))
     return Screened(skipped, fallback)

@@ -300,13 +300,14 @@ class Consumer:
         work.all_submitted()
 
     async def _screen(self, work: ChunkWork) -> list[int]:
-        """Skip (or route to the fallback) who must not get the message, with one read and at
-        most one script call per chunk, before any permit is taken; the indexes to send."""
+        """Skip (or route to the fallback) who must not get the message, with one read script
+        and at most one write script per chunk, before any permit is taken; the indexes to
+        send."""
         chunk, spec = work.chunk, work.spec
         screened = await ledger.retrying(
             partial(
                 screen.screen,
-                self.redis,
+                self.scripts,
                 spec.page_id,
                 chunk,
                 require_window=spec.window_require,
