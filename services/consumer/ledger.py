@@ -143,14 +143,17 @@ class Skip(msgspec.Struct, array_like=True):
     message: str
 
 
-async def skip(scripts: Scripts, k: keys.JobKeys, skipped: list[Skip], fallback: list[int]) -> int:
+async def skip(
+    scripts: Scripts, k: keys.JobKeys, skipped: list[Skip], fallback: list[int]
+) -> dict[str, int]:
     """Record recipients skipped at dispatch and those routed to the fallback, before any POST;
-    how many became skipped (a repeat counts nothing)."""
+    how many became skipped, by code (a repeat counts nothing)."""
     reply = await scripts.skip_recipients(
         keys=[k.hash, k.sent, k.failed, k.skipped, k.skips, k.fallback],
         args=[msgpack_encode(skipped), msgpack_encode(fallback), ERRORS_CAP],
     )
-    return int(reply)
+    flat = cast(list[bytes | int], reply)
+    return {_text(cast(bytes, flat[i])): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 async def retrying(call: Callable[[], Awaitable[T]], what: str) -> T:

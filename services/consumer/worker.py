@@ -320,9 +320,9 @@ class Consumer:
             return list(range(len(chunk.ids)))
         fallback = [chunk.start + i for i in screened.fallback]
         skip = partial(ledger.skip, self.scripts, spec.keys, screened.skipped, fallback)
-        await ledger.retrying(skip, "skip recipients")
-        for s in screened.skipped:
-            metrics.MESSAGES.labels("skipped", s.code).inc()
+        counted = await ledger.retrying(skip, "skip recipients")
+        for code, count in counted.items():
+            metrics.MESSAGES.labels("skipped", code).inc(count)
         work.fallback = frozenset(screened.fallback)
         gone = screened.skipped_indexes(chunk.start)
         work.unsubmitted -= len(gone)
