@@ -11,6 +11,7 @@ the test's own redis-server.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from pathlib import Path
@@ -420,3 +421,26 @@ def test_window_and_suppressions_on_a_redis_cluster(tmp_path: Path) -> None:
     finally:
         stack.stop()
         cluster.stop()
+
+
+def test_a_csv_upload_carries_the_window_fields(stack: Stack) -> None:
+    api = stack.start_producer()  # no consumer: the job's rules are what this checks
+    spec = {
+        "page_id": PAGE,
+        "message": {"text": "Hi {{name}}"},
+        "messaging_type": "RESPONSE",
+        "fallback": UTILITY,
+        "suppress": False,
+    }
+    files = {
+        "spec": (None, json.dumps(spec)),
+        "recipients": ("people.csv", b"id,name\n1,Ann\n2,Bo\n", "text/csv"),
+    }
+    answer = api.post("/v1/jobs", files=files)
+    assert answer.status_code == 202, answer.text
+    job = stack.job(answer.json()["job_id"])
+    assert (job["window"], job["suppress"], job["fallback_sent"]) == ("require", False, 0)
+    refused = api.post(
+        "/v1/jobs", files={**files, "spec": (None, json.dumps({**spec, "window": "ignore"}))}
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "window"
