@@ -96,6 +96,7 @@ class Engine:
         self.held: dict[tuple[str, bytes], Entry] = {}  # ids are unique per stream only
         self.stopping = asyncio.Event()
         self._room = asyncio.Event()
+        self._quiet_until = 0.0  # loop time: no take-over before then (Redis was away)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -226,10 +227,15 @@ class Engine:
         )
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await step()
+                if loop.time() - started > seconds:
+                    self._redis_was_away()  # a stall (or redis-py's retries hid an outage)
             except (RedisError, OSError) as exc:
+                self._redis_was_away()
                 log.warning("upkeep step failed", extra={"step": step.__name__, "error": str(exc)})
             except Exception:
                 log.exception("upkeep step failed", extra={"step": step.__name__})
@@ -261,8 +267,15 @@ class Engine:
             if entry.task is not None and not entry.task.done():
                 entry.task.cancel()
 
+    def _redis_was_away(self) -> None:
+        """Leases may have lapsed meanwhile, the live ones too: take nothing over for half a
+        lease, long enough for live holders (renewing every third) to renew theirs, else their
+        unwritten answers would go out twice."""
+        loop = asyncio.get_running_loop()
+        self._quiet_until = loop.time() + self.claim_idle_ms / 2000
+
     async def reclaim(self) -> None:
-        if self.stopping.is_set():
+        if self.stopping.is_set() or asyncio.get_running_loop().time() < self._quiet_until:
             return
         for stream in self.kind.streams:
             cursor: bytes | str = "0-0"
