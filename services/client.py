@@ -1,9 +1,11 @@
 """``fanout send|status|jobs|pause|resume|cancel``: the API from a terminal.
 
-Server and token come from ``--url``/``--token`` or FANOUT_URL/FANOUT_TOKEN. Every failure is
-one line on stderr and a non-zero exit: 2 for bad usage or input, 3 when the server cannot be
-reached, 4 when it refuses (bad token, unknown job, bad CSV: its message is shown as is).
-``--json`` prints the API's JSON instead of text, for scripts.
+Server and token come from ``--url``/``--token`` or FANOUT_URL/FANOUT_TOKEN (before or after
+the subcommand). Every failure is one line on stderr and a non-zero exit: 2 for bad usage or
+input, 3 when the server cannot be reached, 4 when it refuses (bad token, unknown job, bad
+CSV: its message is shown as is). A watch (``send --watch``, ``status --watch``) exits 0 when
+the job completed, 1 when it ended otherwise (failed, cancelled), 130 on Ctrl-C (the job goes
+on). ``--json`` prints the API's JSON instead of text, for scripts.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from services import progress
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -27,20 +30,27 @@ class CliError(Exception):
         self.code = code
 
 
-def progress_line(job: dict[str, Any], width: int = 30) -> str:
-    """One line: a bar, the share done, counts, rate and ETA."""
-    total = max(1, job["total"])
-    done = job["sent"] + job["failed"] + job["skipped"]
-    fraction = done / total
-    filled = int(width * fraction)
-    rate = job.get("rate_per_s")
-    eta = job.get("eta_s")
-    rate_text = f"{rate:7,.0f} msg/s" if rate is not None else "      - msg/s"
-    eta_text = f"ETA {eta:6.1f}s" if eta is not None else "ETA      -"
-    return (
-        f"[{'#' * filled}{'-' * (width - filled)}] {fraction:6.1%}  {done:,}/{total:,}  "
-        f"sent {job['sent']:,}  failed {job['failed']:,}  {rate_text}  {eta_text}  {job['status']}"
-    )
+EXIT_CODES = """\
+exit codes:
+  0    done (a watch: the job completed)
+  1    a watched job ended otherwise: failed or cancelled
+  2    bad usage or input (e.g. file not found)
+  3    the server cannot be reached
+  4    the server refused (bad token, unknown job, bad CSV: its message is shown)
+  130  Ctrl-C during a watch: the job goes on (fanout status ID --watch)
+"""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a watch: the display has ended its line; main prints the hint, exits 130."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"the job goes on: fanout status {job_id} --watch")
+
+
+def progress_line(job: dict[str, Any], width: int = 100) -> str:
+    """One plain line: a bar, the share done, counts, rate, ETA (only while running), status."""
+    return progress.plain(job, width)
 
 
 class Client:
@@ -81,24 +91,42 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def watch(client: Client, job_id: str, as_json: bool) -> dict[str, Any]:
-    """Poll the job until it ends, drawing a progress bar (or JSON lines)."""
-    tty = sys.stderr.isatty() and not as_json
-    last_print = 0.0
-    while True:
-        job = client.call("GET", f"/v1/jobs/{job_id}")
+    """Poll the job until it ends, drawing its progress (or printing JSON lines); one final
+    line at the end. Ctrl-C ends the display and raises Interrupted (the job goes on)."""
+    try:
         if as_json:
-            print(json.dumps(job), flush=True)
-        elif tty:
-            sys.stderr.write("\r" + progress_line(job))
-            sys.stderr.flush()
-        elif time.monotonic() - last_print >= 2 or job["status"] in ENDED:
-            print(progress_line(job), file=sys.stderr)
-            last_print = time.monotonic()
-        if job["status"] in ENDED:
-            if tty:
-                sys.stderr.write("\n")
-            return job
-        time.sleep(0.5)
+            while True:
+                job = client.call("GET", f"/v1/jobs/{job_id}")
+                print(json.dumps(job), flush=True)
+                if job["status"] in ENDED:
+                    return job
+                time.sleep(0.5)
+        with progress.Display() as display:
+            try:
+                while True:
+                    job = client.call("GET", f"/v1/jobs/{job_id}")
+                    if job["status"] in ENDED:
+                        display.final(job)
+                        return job
+                    display.update(job)
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                display.interrupted()
+                raise
+    except KeyboardInterrupt:
+        raise Interrupted(job_id) from None
+
+
+def _metadata(args: argparse.Namespace) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for item in args.metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--metadata takes key=value, not {item!r}", 2)
+        metadata[key] = value
+    if args.name:
+        metadata["name"] = args.name
+    return metadata
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -113,6 +141,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     for field in ("tag", "send_at", "callback_url"):
         if getattr(args, field):
             spec[field] = getattr(args, field)
+    metadata = _metadata(args)
+    if metadata:
+        spec["metadata"] = metadata
     client = _client(args)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     with path.open("rb") as f:
@@ -137,17 +168,24 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.watch:
+        # The watch printed the final line (or the JSON lines): only what it does not show.
         job = watch(client, args.job, args.json)
-    else:
-        job = client.call("GET", f"/v1/jobs/{args.job}")
-    codes = ", ".join(f"{k}: {v}" for k, v in job["error_codes"].items()) or "none"
-    _print(
-        args,
-        job,
-        f"{progress_line(job)}\nerror codes: {codes}"
-        + (f"\nreason: {job['reason']}" if job.get("reason") else ""),
-    )
+        if not args.json:
+            print(_details(job))
+        return 0 if job["status"] == "completed" else 1
+    job = client.call("GET", f"/v1/jobs/{args.job}")
+    _print(args, job, f"{progress_line(job)}\n{_details(job)}")
     return 0
+
+
+def _details(job: dict[str, Any]) -> str:
+    codes = ", ".join(f"{k}: {v}" for k, v in job["error_codes"].items()) or "none"
+    name = (job.get("metadata") or {}).get("name")
+    return (
+        (f"name: {name}\n" if name else "")
+        + f"error codes: {codes}"
+        + (f"\nreason: {job['reason']}" if job.get("reason") else "")
+    )
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -155,11 +193,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit), **({"status": args.status} if args.status else {})}
     page = client.call("GET", "/v1/jobs", params=params)
     lines = [
-        f"{j['job_id']}  {j['status']:<10} {j['sent'] + j['failed'] + j['skipped']:>9,}/"
-        f"{j['total']:<9,} {j['created_at'] or ''}"
+        f"{j['job_id']}  {j['status']:<10} page {j['page_id']:<12} "
+        f"{j['sent'] + j['failed'] + j['skipped']:>9,}/{j['total']:<9,} "
+        f"sent {j['sent']:>9,} failed {j['failed']:>7,}  "
+        f"{(j.get('metadata') or {}).get('name') or ''}"
         for j in page["items"]
     ]
-    _print(args, page, "\n".join(lines) if lines else "no jobs")
+    _print(args, page, "\n".join(line.rstrip() for line in lines) if lines else "no jobs")
     return 0
 
 
@@ -169,45 +209,140 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def global_options(parser: argparse.ArgumentParser, *, under_command: bool) -> None:
+    """--url, --token, --json: on the top-level parser and on every client subcommand, so they
+    work before or after it (the subcommand's copies default to 'not given', leaving a value
+    given before the subcommand in place)."""
+    default: Any = argparse.SUPPRESS if under_command else None
+    parser.add_argument(
+        "--url",
+        default=default,
+        help="the producer's URL (default: FANOUT_URL, else http://127.0.0.1:8000)",
+    )
+    parser.add_argument("--token", default=default, help="API token (default: FANOUT_TOKEN)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if under_command else False,
+        help="print the API's JSON instead of text (a watch: one JSON line per poll)",
+    )
+
+
+_SEND_EXAMPLES = """\
+examples:
+  fanout send contacts.csv --page 1234567890 --text "Hi {{first_name|there}}" --watch
+  fanout send vip.csv --page 1234567890 --text "Sale starts now" --name "Black Friday" \\
+      --metadata campaign=bf26 --metadata segment=vip --send-at 2027-03-01T09:00:00+01:00
+  fanout send agents.csv --page 1234567890 --tag HUMAN_AGENT --text "An agent replied"
+
+"""
+
+
 def add_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url", help="the producer's URL (default FANOUT_URL or http://127.0.0.1:8000)"
-    )
-    common.add_argument("--token", help="API token (default FANOUT_TOKEN)")
-    common.add_argument("--json", action="store_true", help="print the API's JSON, for scripts")
+    global_options(common, under_command=True)
+    raw = argparse.RawDescriptionHelpFormatter
 
     s = sub.add_parser(
         "send",
         parents=[common],
+        formatter_class=raw,
         help="upload a CSV of recipients and send them a message",
-        description="Upload a CSV (an `id` column with PSIDs; other columns fill {{placeholders}}) "
-        "and send one message to everyone in it.",
+        description="Upload a CSV (an `id` column with PSIDs; other columns fill "
+        "{{placeholders}})\nand send one message to everyone in it.",
+        epilog=_SEND_EXAMPLES + EXIT_CODES,
     )
     s.add_argument("file", help="CSV file with a header and an id column")
     s.add_argument("--page", required=True, help="the Facebook page id to send from")
     s.add_argument("--text", required=True, help='message text, e.g. "Hi {{first_name|there}}"')
     s.add_argument(
-        "--messaging-type", default="UPDATE", choices=["RESPONSE", "UPDATE", "MESSAGE_TAG"]
+        "--messaging-type",
+        default="UPDATE",
+        choices=["RESPONSE", "UPDATE", "MESSAGE_TAG"],
+        help="Meta's lane: RESPONSE or UPDATE inside the person's 24 h window (default: "
+        "%(default)s); MESSAGE_TAG with --tag",
     )
-    s.add_argument("--tag", help="message tag (implies MESSAGE_TAG), e.g. HUMAN_AGENT")
-    s.add_argument("--send-at", help="ISO 8601 time with a zone to send at, e.g. 2026-12-01T09:00Z")
-    s.add_argument("--callback-url", help="URL to receive the final job when it ends")
-    s.add_argument("--idempotency-key", help="a retried send with the same key makes no second job")
-    s.add_argument("--watch", action="store_true", help="show progress until the job ends")
+    s.add_argument(
+        "--tag",
+        choices=["HUMAN_AGENT"],
+        help="message tag (implies MESSAGE_TAG): the one a text may carry (CUSTOMER_FEEDBACK "
+        "needs its template; Meta retired the others)",
+    )
+    s.add_argument(
+        "--send-at",
+        metavar="TIME",
+        help="ISO 8601 time with a zone, at most a year ahead, e.g. 2027-03-01T09:00:00Z "
+        "(default: now; a time in the past is refused)",
+    )
+    s.add_argument("--name", help="a name for the job, shown in lists (stored as metadata.name)")
+    s.add_argument(
+        "--metadata",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a metadata entry kept with the job and shown by status (repeatable)",
+    )
+    s.add_argument(
+        "--callback-url", metavar="URL", help="URL to receive the final job when it ends"
+    )
+    s.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="a retried send with the same key makes no second job",
+    )
+    s.add_argument(
+        "--watch",
+        action="store_true",
+        help="show progress until the job ends; exit 0 if it completed, 1 otherwise",
+    )
     s.set_defaults(run=cmd_send)
 
-    st = sub.add_parser("status", parents=[common], help="show a job (--watch: until it ends)")
-    st.add_argument("job")
-    st.add_argument("--watch", action="store_true", help="show progress until the job ends")
+    st = sub.add_parser(
+        "status",
+        parents=[common],
+        formatter_class=raw,
+        help="show a job (--watch: until it ends)",
+        description="Show a job's counters, error codes and reason.",
+        epilog="examples:\n  fanout status 2-9f3c... --watch\n  fanout --json status 2-9f3c...\n\n"
+        + EXIT_CODES,
+    )
+    st.add_argument("job", help="the job id, as send printed it")
+    st.add_argument(
+        "--watch",
+        action="store_true",
+        help="show progress until the job ends; exit 0 if it completed, 1 otherwise",
+    )
     st.set_defaults(run=cmd_status)
 
-    j = sub.add_parser("jobs", parents=[common], help="list your jobs, newest first")
-    j.add_argument("--status", help="only jobs in this status")
-    j.add_argument("--limit", type=int, default=20)
+    j = sub.add_parser(
+        "jobs",
+        parents=[common],
+        formatter_class=raw,
+        help="list your jobs, newest first",
+        description="List the tenant's jobs, newest first: id, status, page, progress, "
+        "sent, failed, name.",
+        epilog="examples:\n  fanout jobs --status running\n  fanout jobs --limit 100 --json\n\n"
+        + EXIT_CODES,
+    )
+    j.add_argument(
+        "--status",
+        choices=["scheduled", "pending", "running", "paused", "completed", "failed", "cancelled"],
+        help="only jobs in this status",
+    )
+    j.add_argument("--limit", type=int, default=20, help="how many (default: %(default)s)")
     j.set_defaults(run=cmd_jobs)
 
-    for name, what in (("pause", "pause"), ("resume", "resume"), ("cancel", "cancel")):
-        c = sub.add_parser(name, parents=[common], help=f"{what} a job across the whole fleet")
-        c.add_argument("job")
+    for name, what in (
+        ("pause", "pause (stop releasing; sends in flight finish)"),
+        ("resume", "resume (release again where it stopped)"),
+        ("cancel", "cancel (the rest is skipped)"),
+    ):
+        c = sub.add_parser(
+            name,
+            parents=[common],
+            formatter_class=raw,
+            help=f"{name} a job across the whole fleet",
+            description=f"{what.capitalize()} a job across the whole fleet.",
+            epilog=f"example:\n  fanout {name} 2-9f3c...\n\n" + EXIT_CODES,
+        )
+        c.add_argument("job", help="the job id")
         c.set_defaults(run=cmd_control)

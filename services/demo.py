@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from services.client import progress_line
+from services import progress
 from shared.settings import DEFAULT_RATE_LIMIT
 
 PAGE = "1234567890"
@@ -101,7 +101,7 @@ def _redis(services: Services) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
+def run(services: Services, recipients: int, consumers: int, rate: int, stay: bool = False) -> int:
     api_token = secrets.token_urlsafe(24)
     page_token = "EAA" + secrets.token_hex(20)
     python = [sys.executable, "-m"]
@@ -176,23 +176,15 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         f"job {accepted['job_id']} accepted in {time.perf_counter() - submitted:.3f}s "
         f"({accepted['total']:,} recipients)"
     )
-    tty = sys.stderr.isatty()
-    last_line = 0.0
-    while True:
-        job = api.get(accepted["status_url"]).json()
-        elapsed = time.perf_counter() - submitted
-        if tty:
-            sys.stderr.write("\r" + progress_line(job))
-            sys.stderr.flush()
-        elif time.monotonic() - last_line >= 1 or job["status"] != "running":
-            print(progress_line(job), file=sys.stderr)
-            last_line = time.monotonic()
-        if job["status"] in ("completed", "failed", "cancelled"):
-            break
-        services.check_alive()
-        time.sleep(0.1)
-    if tty:
-        sys.stderr.write("\n")
+    with progress.Display() as display:
+        while True:
+            job = api.get(accepted["status_url"]).json()
+            if job["status"] in ("completed", "failed", "cancelled"):
+                display.final(job)
+                break
+            display.update(job)
+            services.check_alive()
+            time.sleep(0.1)
     elapsed = time.perf_counter() - submitted
     stats = graph.get("/_fake/stats").json()
     print(
@@ -203,41 +195,55 @@ def run(services: Services, recipients: int, consumers: int, rate: int) -> int:
         f"duplicates {stats['duplicates']}"
     )
     ok = job["status"] == "completed" and stats["delivered"] == job["sent"]
-    _watch_receipts(api, graph, accepted["status_url"], tty)
+    _watch_receipts(api, graph, accepted["status_url"])
+    if stay:
+        _stay(services, api_port, api_token, graph_port)
     return 0 if ok else 1
 
 
-def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str, tty: bool) -> None:
+def _stay(services: Services, api_port: int, api_token: str, graph_port: int) -> None:
+    """Keep everything running for the job page and the terminal client, until Ctrl-C."""
+    print(
+        f"\nthe job page: http://127.0.0.1:{api_port}/  (sign in with the API token {api_token})"
+        f"\nfrom a terminal: export FANOUT_URL=http://127.0.0.1:{api_port}"
+        f" FANOUT_TOKEN={api_token}\n  then e.g. fanout jobs; the page is {PAGE}."
+        f" fakegraph (playing Meta) answers at http://127.0.0.1:{graph_port}."
+        "\nCtrl-C stops everything.",
+        flush=True,
+    )
+    while True:
+        services.check_alive()
+        time.sleep(1)
+
+
+def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str) -> None:
     """Meta's receipts keep coming after the last send: show sent -> delivered -> read move
     until they match what fakegraph (playing Meta) reported, or 15 s pass."""
     deadline = time.monotonic() + 15
-    while True:
-        job = api.get(url).json()
-        fake = graph.get("/_fake/receipts").json()
-        line = (
-            f"receipts: sent {job['sent']:,} -> delivered {job['delivered']:,} -> read"
-            f" {job['read']:,} (at least; fakegraph reported {fake['delivered']:,} delivered,"
-            f" {fake['read']:,} read)"
-        )
-        settled = fake["queued"] == 0 and (job["delivered"], job["read"]) == (
-            fake["delivered"],
-            fake["read"],
-        )
-        if tty:
-            sys.stderr.write("\r" + line)
-            sys.stderr.flush()
-        if settled or time.monotonic() > deadline:
-            if tty:
-                sys.stderr.write("\n")
-            print(line)
-            return
-        time.sleep(0.2)
+    with progress.TextLine() as shown:
+        while True:
+            job = api.get(url).json()
+            fake = graph.get("/_fake/receipts").json()
+            line = (
+                f"receipts: sent {job['sent']:,} -> delivered {job['delivered']:,} -> read"
+                f" {job['read']:,} (at least; fakegraph reported {fake['delivered']:,} delivered,"
+                f" {fake['read']:,} read)"
+            )
+            settled = fake["queued"] == 0 and (job["delivered"], job["read"]) == (
+                fake["delivered"],
+                fake["read"],
+            )
+            if settled or time.monotonic() > deadline:
+                shown.final(line)
+                return
+            shown.update(line)
+            time.sleep(0.2)
 
 
-def main(recipients: int = 10_000, consumers: int = 2, rate: int = 0) -> int:
+def main(recipients: int = 10_000, consumers: int = 2, rate: int = 0, stay: bool = False) -> int:
     services = Services()
     try:
-        return run(services, recipients, consumers, rate)
+        return run(services, recipients, consumers, rate, stay)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130

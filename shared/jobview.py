@@ -25,23 +25,34 @@ def iso_ms(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(ms) % 1000:03d}Z"
 
 
+def _active_s(h: dict[str, bytes], started: int, until: int) -> float:
+    """Seconds from the start to ``until`` the job was not paused: the time of earlier pauses
+    (paused_ms, summed at resume) and of the pause going on (since paused_at) left out."""
+    paused = int(h.get("paused_ms") or 0)
+    paused_at = int(h.get("paused_at") or 0)
+    if paused_at > started:
+        paused += max(0, until - paused_at)
+    return max(0.001, (until - started - paused) / 1000)
+
+
 def _progress(h: dict[str, bytes], now_ms: int) -> tuple[float, float | None, float | None]:
-    """Share finished, send rate (sent + failed per second: skipped ones were never sent),
-    and seconds to go at that rate."""
+    """Share finished, send rate over the time the job was active (sent + failed per second:
+    skipped ones were never sent), and seconds to go at that rate while it runs (none while
+    paused: it would not be counting down)."""
     total = int(h["total"])
     delivered = int(h["sent"]) + int(h["failed"])
     done = delivered + int(h["skipped"])
     progress = round(done / total, 4) if total else 1.0
     started = h.get("started_at")
-    ended = h["status"].decode() in ENDED
+    status = h["status"].decode()
+    ended = status in ENDED
     if not started or ended:
         end = h.get("finished_at")
         if started and end and int(end) > int(started):
-            return progress, round(delivered / ((int(end) - int(started)) / 1000), 1), 0.0
+            return progress, round(delivered / _active_s(h, int(started), int(end)), 1), 0.0
         return progress, None, 0.0 if ended else None
-    elapsed_s = max(0.001, (now_ms - int(started)) / 1000)
-    rate = delivered / elapsed_s
-    eta = round((total - done) / rate, 1) if rate > 0 else None
+    rate = delivered / _active_s(h, int(started), now_ms)
+    eta = round((total - done) / rate, 1) if rate > 0 and status == "running" else None
     return progress, round(rate, 1), eta
 
 

@@ -96,3 +96,33 @@ def test_fakegraph_takes_its_own_options() -> None:
     result = fanout("fakegraph", "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: fanout fakegraph") and "--tokens" in result.stdout
+
+
+def test_name_metadata_and_global_options_before_the_command(stack: Stack, tmp_path: Path) -> None:
+    stack.start_fakegraph()
+    api = stack.start_producer()
+    contacts = tmp_path / "contacts.csv"
+    contacts.write_text("id\n" + "".join(f"{10**9 + i}\n" for i in range(20)))
+    token = API_TOKENS["acme"]
+    sent = fanout(
+        *("--json", "--url", str(api.base_url), "--token", token),
+        *("send", str(contacts), "--page", PAGE, "--text", "Hi", "--name", "Spring sale"),
+        *("--metadata", "campaign=spring", "--metadata", "segment=a=b"),
+    )
+    assert sent.returncode == 0, sent.stderr
+    job_id = json.loads(sent.stdout)["job_id"]
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["metadata"] == {"campaign": "spring", "segment": "a=b", "name": "Spring sale"}
+    listed = fanout("jobs", "--url", str(api.base_url), "--token", token)
+    assert "Spring sale" in listed.stdout and f"page {PAGE}" in listed.stdout, listed.stdout
+    bad = fanout("--url", str(api.base_url), "--token", token, "send", str(contacts), "--page",
+                 PAGE, "--text", "x", "--metadata", "novalue")  # fmt: skip
+    assert bad.returncode == 2 and "key=value" in bad.stderr
+
+
+def test_help_shows_choices_examples_and_exit_codes() -> None:
+    for command in ("send", "status", "jobs", "pause", "demo", "producer", "consumer"):
+        shown = fanout(command, "--help")
+        assert shown.returncode == 0 and "example" in shown.stdout, command
+    send = fanout("send", "--help").stdout
+    assert "{RESPONSE,UPDATE,MESSAGE_TAG}" in send and "130" in send and "--metadata" in send

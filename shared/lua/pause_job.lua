@@ -7,7 +7,10 @@
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'pending' or status == 'running' or status == 'scheduled' then
-  redis.call('HSET', KEYS[1], 'status', 'paused', 'paused_from', status)
+  local t = redis.call('TIME')
+  -- paused_at: the job's rate and ETA count only the time it was not paused (shared/jobview.py)
+  redis.call('HSET', KEYS[1], 'status', 'paused', 'paused_from', status,
+    'paused_at', t[1] * 1000 + math.floor(t[2] / 1000))
   if ARGV[1] and ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[1]) end
   redis.call('HINCRBY', KEYS[2], status, -1)
   redis.call('HINCRBY', KEYS[2], 'paused', 1)

@@ -17,6 +17,12 @@ if h[1] == 'scheduled' and tonumber(h[2] or '0') > now_ms then
   next_status = 'scheduled'  -- still in the scheduled set; released when due
 end
 redis.call('HINCRBY', KEYS[4], 'paused', -1)
+local paused_at = tonumber(redis.call('HGET', KEYS[1], 'paused_at') or '0')
+if paused_at > 0 and h[3] and paused_at > tonumber(h[3]) then
+  -- time spent paused after the start, left out of the job's rate (shared/jobview.py)
+  redis.call('HINCRBY', KEYS[1], 'paused_ms', math.max(0, now_ms - paused_at))
+end
+redis.call('HDEL', KEYS[1], 'paused_at')
 redis.call('HDEL', KEYS[1], 'reason')  -- a paused job's reason said why it was paused
 if next_status ~= 'scheduled'
     and tonumber(h[7]) + tonumber(h[8]) + tonumber(h[9]) >= tonumber(h[6]) then
