@@ -28,7 +28,9 @@ after the promotion, each measured on a real 3+3 cluster (``scripts/soak-failove
 - **Errors that are not RedisErrors.** While a slot has no live master, redis-py may give up
   with SlotNotCoveredError or RedisClusterException, which are not RedisErrors, so they went
   past every ``except RedisError`` (a 500 from the producer, in 3 of 10 soak runs). The cluster
-  client raises them as ``ClusterUnavailable``, a redis ConnectionError: 503, retry.
+  client raises them as ``ClusterUnavailable``, a redis ConnectionError: 503, retry. So it does
+  with the RuntimeError uvloop raises when redis-py's topology refresh closes a socket under a
+  command being sent (one 500 in 10 soak runs after the first fix).
 
 A running client re-reads the topology itself (redis-py refreshes on a connection error and
 follows MOVED), so once the scripts reach the right node it serves again within a second of
@@ -43,7 +45,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
@@ -84,6 +86,27 @@ class ClusterUnavailable(RedisConnectionError):
     redis-py raises these as RedisClusterException, which is not a RedisError."""
 
 
+def _unavailable(exc: Exception) -> Exception:
+    """``exc`` as the RedisError a caller can handle, when it is a failure of the cluster."""
+    if isinstance(exc, RedisClusterException):
+        return ClusterUnavailable(str(exc))
+    if isinstance(exc, RuntimeError) and "closed" in str(exc):
+        # uvloop's answer to a write on a socket that redis-py closed under a command in flight
+        # (its topology refresh disconnects every node): the command was never sent.
+        return ClusterUnavailable(f"connection closed during a topology refresh: {exc}")
+    return exc
+
+
+class FanoutPipeline(ClusterPipeline):
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except (RedisClusterException, RuntimeError) as exc:
+            raise _unavailable(exc) from exc
+
+
 class FanoutCluster(RedisCluster):
     """RedisCluster whose registered scripts never depend on SCRIPT LOAD reaching every
     primary, and whose every failure is a RedisError (see the module docstring)."""
@@ -99,15 +122,20 @@ class FanoutCluster(RedisCluster):
     ) -> FanoutCluster:
         try:
             await super().initialize(additional_startup_nodes_info, last_failed_node_name)
-        except RedisClusterException as exc:
-            raise ClusterUnavailable(str(exc)) from exc
+        except (RedisClusterException, RuntimeError) as exc:
+            raise _unavailable(exc) from exc
         return self
 
     async def execute_command(self, *args: EncodableT, **kwargs: Any) -> Any:
         try:
             return await super().execute_command(*args, **kwargs)
-        except RedisClusterException as exc:
-            raise ClusterUnavailable(str(exc)) from exc
+        except (RedisClusterException, RuntimeError) as exc:
+            raise _unavailable(exc) from exc
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if transaction or shard_hint:
+            return super().pipeline(transaction, shard_hint)
+        return FanoutPipeline(self)  # type: ignore[abstract]  # as redis-py builds its own
 
 
 def seed_urls(url: str) -> list[str]:
