@@ -33,7 +33,6 @@ def _page(request: Request) -> str:
     tenant = authenticate(request)
     page_id: str = request.path_params["page_id"]
     check_page(state_of(request).settings, tenant, page_id)
-    request.scope["fanout.page"] = page_id
     return page_id
 
 
