@@ -169,7 +169,7 @@ def receipts(people: int) -> None:
             for i, (bucket, fp) in enumerate(where):
                 bucket_key = keys.receipts(PAGE, bucket)
                 if step == "echo":
-                    echo(keys=[bucket_key, jobs_key], args=[fp, job, i, now + i], client=pipe)
+                    echo(keys=[bucket_key, jobs_key], args=[fp, job, i, now + i, keep], client=pipe)
                 elif step == "delivery" or i % 2 == 0:
                     kind = "d" if step == "delivery" else "r"
                     args = [fp, kind, now + people + 1, keep, now + people]

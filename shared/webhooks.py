@@ -102,6 +102,21 @@ class Notification(msgspec.Struct):
 
 notification_decoder = msgspec.json.Decoder(Notification)
 
+
+class _EntryHead(msgspec.Struct):
+    id: str = ""
+
+
+class Head(msgspec.Struct):
+    """What the receiver checks before storing a POST: Meta's envelope and the page; the
+    events themselves are decoded (and skipped here, cheaply) by the consumers."""
+
+    object: str
+    entry: list[_EntryHead]
+
+
+head_decoder = msgspec.json.Decoder(Head)
+
 # Inbound events that open (or reopen) the person's 24-hour window.
 OPENS_WINDOW = frozenset(
     {
@@ -127,7 +142,7 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(sign(secret, body).encode(), header.strip().encode())
 
 
-def page_of(body: Notification) -> str:
+def page_of(body: Notification | Head) -> str:
     """The page the POST is about (its first entry's): the inbox shard follows it."""
     return body.entry[0].id if body.entry else ""
 

@@ -3,7 +3,7 @@
 
 A watermark names only (page, PSID) and a time, and covers every earlier message to that
 person, across jobs. So each echo of our send (its metadata names job and position, its
-timestamp is Meta's send time) leaves a 14-byte record in one of the page's ``BUCKETS``
+timestamp is Meta's send time) leaves a 13-byte record in one of the page's ``BUCKETS``
 strings, picked by a hash of the PSID; a watermark scans that bucket for the person's
 records (a 5-byte fingerprint from the same hash: with the bucket, 52 bits, so a watermark
 flipping a stranger's bit in a bucket of 250 people is a one-in-4*10^12 event) and flips the

@@ -61,7 +61,7 @@ async def receive(request: Request) -> Response:
             message = "X-Hub-Signature-256 is missing or does not match the app secret"
         raise ApiError(401, "bad_signature", message, webhooks.SIGNATURE_HEADER)
     try:
-        notification = webhooks.notification_decoder.decode(body)
+        notification = webhooks.head_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
     except msgspec.ValidationError as exc:

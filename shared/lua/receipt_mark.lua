@@ -9,20 +9,20 @@
 -- Returns {job, position, job, position, ...}
 local fp, kind = ARGV[1], ARGV[2]
 local wm, keep, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local TWO32, REFS = 4294967296, 268435456
+local SPAN, REFS = 16777216, 268435456
 local marker = 0
 if kind == 'r' then marker = 4095 end
 local data = redis.call('GET', KEYS[1]) or ''
 local out, kept, jobs = {}, {}, {}
 local stored = 0
-for i = 1, #data, 14 do
-  local rec = string.sub(data, i, i + 13)
+for i = 1, #data, 13 do
+  local rec = string.sub(data, i, i + 12)
   local mine = string.sub(rec, 1, 5) == fp
-  local rp, b = struct.unpack('>I5I4', rec, 6)
+  local rp, b = struct.unpack('>I5I3', rec, 6)
   local r, pos = math.floor(rp / REFS), rp % REFS
   local keepit = true
   if r == 0 or r == 4095 then
-    local w = pos * TWO32 + b
+    local w = pos * SPAN + b
     if mine and r == marker then
       stored = w
       keepit = false -- written again below
@@ -34,14 +34,9 @@ for i = 1, #data, 14 do
     if j == nil then
       j = false
       local name = redis.call('HGET', KEYS[2], 'r:' .. r)
-      if name then
-        local known = redis.call('HGET', KEYS[2], 'j:' .. name)
-        if known then
-          local sep = string.find(known, ':', 1, true)
-          if tonumber(string.sub(known, 1, sep - 1)) == r then
-            j = {name, tonumber(string.sub(known, sep + 1))}
-          end
-        end
+      if name and tonumber(redis.call('HGET', KEYS[2], 'j:' .. name)) == r then
+        local at = string.find(name, '@', 1, true)
+        j = {string.sub(name, 1, at - 1), tonumber(string.sub(name, at + 1)) * SPAN}
       end
       jobs[r] = j
     end
@@ -62,7 +57,7 @@ for i = 1, #data, 14 do
 end
 if #out == 0 or stored > 0 then
   local w = math.max(stored, wm)
-  kept[#kept + 1] = fp .. struct.pack('>I5I4', marker * REFS + math.floor(w / TWO32), w % TWO32)
+  kept[#kept + 1] = fp .. struct.pack('>I5I3', marker * REFS + math.floor(w / SPAN), w % SPAN)
 end
 if #kept == 0 then
   redis.call('DEL', KEYS[1])
