@@ -41,7 +41,9 @@ def _run_producer(args: argparse.Namespace) -> int:
     # Bound here, not by uvicorn, so a taken port is one line and exit 2, not a traceback
     # after the app had started.
     sock = listen(args.host, args.port, "--port")
-    logs.setup("producer", settings.log_level, (s.reveal() for s in settings.api_tokens.values()))
+    # page tokens too: the producer sends test messages itself (services/producer/testsend.py)
+    secrets = [*settings.api_tokens.values(), *settings.page_tokens.values()]
+    logs.setup("producer", settings.log_level, (s.reveal() for s in secrets))
     logs.started("producer", settings)
     # uvicorn says where it listens only for sockets it bound itself; --port 0 needs telling.
     where = {"host": args.host, "port": bound_port(sock)}

@@ -11,6 +11,7 @@ on). ``--json`` prints the API's JSON instead of text, for scripts.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import time
@@ -33,7 +34,7 @@ class CliError(Exception):
 EXIT_CODES = """\
 exit codes:
   0    done (a watch: the job completed)
-  1    a watched job ended otherwise: failed or cancelled
+  1    a watched job ended otherwise (failed, cancelled), or a --test send failed for someone
   2    bad usage or input (e.g. file not found)
   3    the server cannot be reached
   4    the server refused (bad token, unknown job, bad CSV: its message is shown)
@@ -129,6 +130,28 @@ def _metadata(args: argparse.Namespace) -> dict[str, str]:
     return metadata
 
 
+def _first_row(path: Path) -> dict[str, str]:
+    """The CSV's first recipient's variables (every column but id), for a test send."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        row = next(csv.DictReader(f), None)
+    return {k: v for k, v in (row or {}).items() if k and k != "id" and v is not None}
+
+
+def _test_send(client: Client, args: argparse.Namespace, spec: dict[str, Any]) -> int:
+    path = Path(args.file)
+    body = {**spec, "test_recipients": args.test, "test_variables": _first_row(path)}
+    answer = client.call("POST", "/v1/jobs", json=body)
+    lines = []
+    for r in answer["results"]:
+        if r["outcome"] == "sent":
+            lines.append(f"{r['recipient']}: sent ({r['message'] or 'no message id'})")
+        else:
+            code = "/".join(c for c in (r["code"], r["subcode"]) if c)
+            lines.append(f"{r['recipient']}: failed {code}: {r['message']}")
+    _print(args, answer, "\n".join(lines))
+    return 0 if all(r["outcome"] == "sent" for r in answer["results"]) else 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
@@ -145,6 +168,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     if metadata:
         spec["metadata"] = metadata
     client = _client(args)
+    if args.test:
+        return _test_send(client, args, spec)
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     with path.open("rb") as f:
         files = {"spec": (None, json.dumps(spec)), "recipients": (path.name, f, "text/csv")}
@@ -234,6 +259,7 @@ examples:
   fanout send vip.csv --page 1234567890 --text "Sale starts now" --name "Black Friday" \\
       --metadata campaign=bf26 --metadata segment=vip --send-at 2027-03-01T09:00:00+01:00
   fanout send agents.csv --page 1234567890 --tag HUMAN_AGENT --text "An agent replied"
+  fanout send contacts.csv --page 1234567890 --text "Hi {{first_name}}" --test 2401234567
 
 """
 
@@ -288,6 +314,13 @@ def add_commands(sub: Any) -> None:
         "--idempotency-key",
         metavar="KEY",
         help="a retried send with the same key makes no second job",
+    )
+    s.add_argument(
+        "--test",
+        action="append",
+        metavar="PSID",
+        help="a test send instead of the job: the message, filled with the CSV's first row, to "
+        "this person only (repeatable, up to 10); no job is made; exit 0 if every one was sent",
     )
     s.add_argument(
         "--watch",

@@ -48,6 +48,32 @@ class JobRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
     recipients: Annotated[list[Psid], Meta(min_length=1)]
 
 
+MAX_TEST_RECIPIENTS = 10
+
+
+class SendTestRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/jobs`` with ``test_recipients`` instead of ``recipients`` or a CSV: the
+    message sent to these people only, at once, answered synchronously; no job is made.
+    ``test_variables`` fill the placeholders (e.g. the first row of the CSV about to be sent);
+    without them each placeholder takes its default."""
+
+    test_recipients: Annotated[list[Psid], Meta(min_length=1, max_length=MAX_TEST_RECIPIENTS)]
+    test_variables: dict[str, Annotated[str, Meta(max_length=2000)]] | None = None
+
+
+class SendTestResult(msgspec.Struct, kw_only=True):
+    recipient: str
+    outcome: Literal["sent", "failed"]
+    code: str | None  # Meta's error code (or ours, e.g. timeout), None when sent
+    subcode: str | None
+    message: str | None  # Meta's message_id when sent, its error message when failed
+
+
+class SendTestAnswer(msgspec.Struct, kw_only=True):
+    test: bool
+    results: list[SendTestResult]
+
+
 class JobAccepted(msgspec.Struct, kw_only=True):
     job_id: str
     status: JobStatusName
@@ -219,5 +245,6 @@ json_encode = msgspec.json.Encoder().encode
 msgpack_encode = msgspec.msgpack.Encoder().encode
 job_request_decoder = msgspec.json.Decoder(JobRequest)
 upload_spec_decoder = msgspec.json.Decoder(UploadSpec)
+test_send_decoder = msgspec.json.Decoder(SendTestRequest)
 chunk_decoder = msgspec.msgpack.Decoder(Chunk)
 graph_answer_decoder = msgspec.json.Decoder(GraphAnswer)

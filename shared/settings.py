@@ -61,7 +61,7 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str
     redis_cluster: str  # "auto", "true" or "false"
     api_tokens: dict[str, Secret]  # tenant -> token
-    page_ids: frozenset[str]  # pages with a configured token; the producer never needs the token
+    page_ids: frozenset[str]  # pages with a configured token
     tenant_pages: dict[str, frozenset[str]]  # tenant -> the pages it may send as
     shards: int
     chunk_size: int
@@ -76,6 +76,13 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     # subscription check. Unset: the receiver refuses (401 / 403) and says so at start.
     app_secret: Secret | None = None
     webhook_verify_token: Secret | None = None
+    # Test sends (services/producer/testsend.py) post a few messages themselves: the page
+    # tokens (already in the producer's environment, for page_ids) and the Graph endpoint.
+    page_tokens: dict[str, Secret] = {}
+    graph_url: str = "https://graph.facebook.com"
+    graph_version: str = "v21.0"
+    request_timeout_s: float = 20.0
+    graph_proxy: str | None = None
 
     def owns(self, tenant: str, page_id: str) -> bool:
         return page_id in self.tenant_pages.get(tenant, frozenset())
@@ -275,7 +282,9 @@ def _tenant_pages(
 def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSettings:
     env = _Env(os.environ if environ is None else environ)
     api_tokens = env.pairs("FANOUT_API_TOKENS", None)
-    page_ids = frozenset(env.pairs("FANOUT_PAGE_TOKENS", None))
+    page_tokens = env.pairs("FANOUT_PAGE_TOKENS", None)
+    page_ids = frozenset(page_tokens)
+    graph_url, version = _graph(env)
     return ProducerSettings(
         redis_url=env.redis_url(),
         redis_cluster=env.redis_cluster(),
@@ -293,18 +302,29 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
         log_level=env.log_level(),
         app_secret=env.secret("FANOUT_APP_SECRET"),
         webhook_verify_token=env.secret("FANOUT_WEBHOOK_VERIFY_TOKEN"),
+        page_tokens=page_tokens,
+        graph_url=graph_url,
+        graph_version=version,
+        request_timeout_s=env.number("FANOUT_REQUEST_TIMEOUT_S", 20.0, 0.1, 300.0),
+        graph_proxy=_graph_proxy(graph_url, os.environ if environ is None else environ),
     )
 
 
-def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSettings:
-    env = _Env(os.environ if environ is None else environ)
-    claim_idle_ms = env.integer("FANOUT_CLAIM_IDLE_MS", 30_000, 100, 3_600_000)
+def _graph(env: _Env) -> tuple[str, str]:
+    """FANOUT_GRAPH_URL and FANOUT_GRAPH_VERSION, checked."""
     graph_url = env.raw("FANOUT_GRAPH_URL", "https://graph.facebook.com").rstrip("/")
     if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", graph_url):
         raise SettingsError(f"FANOUT_GRAPH_URL={graph_url!r} is not an http(s) URL")
     version = env.raw("FANOUT_GRAPH_VERSION", "v21.0")
     if not re.fullmatch(r"v\d+\.\d+", version):
         raise SettingsError(f"FANOUT_GRAPH_VERSION={version!r} is not like v21.0")
+    return graph_url, version
+
+
+def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSettings:
+    env = _Env(os.environ if environ is None else environ)
+    claim_idle_ms = env.integer("FANOUT_CLAIM_IDLE_MS", 30_000, 100, 3_600_000)
+    graph_url, version = _graph(env)
     name = env.raw("FANOUT_CONSUMER_NAME", f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     return ConsumerSettings(
         redis_url=env.redis_url(),

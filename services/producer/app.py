@@ -31,6 +31,7 @@ from services.producer import (
     openapi,
     page,
     people,
+    testsend,
     upload,
     webhooks,
 )
@@ -77,6 +78,8 @@ async def submit_job(request: Request) -> Response:
         prepared = await upload.prepare_upload(request, state.redis, state.settings, tenant, key)
     elif media == "application/json":
         body = await intake.read_body(request, state.settings.max_body)
+        if testsend.is_test(body):
+            return await testsend.send(request, body, tenant)
         if len(body) > _THREAD_ABOVE_BYTES:
             prepared = await asyncio.to_thread(
                 _parse_and_prepare, body, state.settings, tenant, key
@@ -243,6 +246,9 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         try:
             yield
         finally:
+            graph = getattr(app.state, "graph", None)  # made by the first test send
+            if graph is not None:
+                await graph.close()
             if redis is None:
                 await client.aclose()
 

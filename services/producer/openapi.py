@@ -21,6 +21,8 @@ from shared.models import (
     JobStatusName,
     JobView,
     PersonView,
+    SendTestAnswer,
+    SendTestRequest,
     SuppressAdded,
     SuppressionPage,
     SuppressRequest,
@@ -33,6 +35,10 @@ _REF = "#/components/schemas/{name}"
 
 def _json(name: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF.format(name=name)}}}
+
+
+def _one_of(*names: str) -> dict[str, Any]:
+    return {"oneOf": [{"$ref": _REF.format(name=name)} for name in names]}
 
 
 def _answer(name: str, description: str) -> dict[str, Any]:
@@ -92,6 +98,7 @@ def build() -> dict[str, Any]:
         [
             *(JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse),
             *(SuppressRequest, SuppressAdded, SuppressionPage, PersonView),
+            *(SendTestRequest, SendTestAnswer),
         ],
         ref_template=_REF,
     )
@@ -142,13 +149,20 @@ def build() -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            **_json("JobRequest"),
+                            "application/json": {
+                                "schema": _one_of("JobRequest", "SendTestRequest")
+                            },
                             "multipart/form-data": {"schema": upload},
                         },
                     },
                     "responses": {
                         "202": _answer("JobAccepted", "accepted"),
-                        "200": _answer("JobView", "ended within ?wait="),
+                        "200": {
+                            "description": "ended within ?wait=, or a test send's outcomes",
+                            "content": {
+                                "application/json": {"schema": _one_of("JobView", "SendTestAnswer")}
+                            },
+                        },
                         **_errors(400, 401, 403, 409, 411, 413, 415, 422),
                     },
                 },

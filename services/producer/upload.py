@@ -153,6 +153,9 @@ async def prepare_upload(
 ) -> jobs.PreparedJob:
     spec_bytes, file = await read_form(request, settings)
     try:
+        if b'"test_recipients"' in spec_bytes:
+            message = "a test send takes test_recipients instead of a CSV: send it as JSON"
+            raise ApiError(422, "invalid_field", message, "test_recipients")
         spec = intake.decode(spec_bytes, upload_spec_decoder, "spec")
         check_page(settings, tenant, spec.page_id)
         template = intake.check_spec(spec, settings)  # the HUMAN_AGENT count waits for the rows
