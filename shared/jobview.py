@@ -111,6 +111,8 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         suppress=h.get("suppress") != b"0",
         fallback_sent=int(h.get("fallback_sent") or 0),
         skipped_reasons=_skipped_reasons(h),
+        max_failure_rate=float(h.get("max_failure_rate") or 0.2),
+        auto_paused=bool(h.get("auto_paused")),
     )
 
 

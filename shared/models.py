@@ -42,6 +42,10 @@ class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # False sends to the page's suppressed people too (e.g. after fixing a wrong suppression
     # in bulk, or a mandatory notice): see the README.
     suppress: bool = True
+    # Auto-pause: the job pauses when more than this share of the last 500 recipients settled
+    # failed for a reason about the person or the message (not transient answers or throttles,
+    # which the page's circuit breaker handles); 1 never pauses.
+    max_failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.2
 
 
 class JobRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
@@ -124,6 +128,9 @@ class JobView(msgspec.Struct, kw_only=True):
     suppress: bool = True
     fallback_sent: int = 0  # people outside the window sent the utility fallback (in `sent`)
     skipped_reasons: dict[str, int] = {}  # code -> count, e.g. {"window_closed": 1000}
+    max_failure_rate: float = 0.2
+    # Paused by its failure rate (the reason says the rate and top codes), until resumed.
+    auto_paused: bool = False
 
 
 class JobList(msgspec.Struct, kw_only=True):
@@ -230,6 +237,9 @@ class Failure(msgspec.Struct, array_like=True):
     subcode: str
     message: str
     attempts: int
+    # About the person or the message (not a transient answer that ran out of retries, nor a
+    # throttle): counted in the job's failure rate (auto-pause, record_answers.lua).
+    counts: bool = False
 
 
 class Outcome(msgspec.Struct, array_like=True):

@@ -165,6 +165,7 @@ class ChunkWork:
             decision.subcode,
             decision.message[:300],
             attempts,
+            decision.verdict == "failed",  # about the person or the message: the failure rate
         )
         self.failed.append(failure)
         self.unwritten[index] = self.recorder.record_failed(failure)

@@ -126,11 +126,14 @@ async def finish(
 
 
 async def record(scripts: Scripts, k: keys.JobKeys, outcome: Outcome) -> tuple[int, int]:
-    """Record answers as they arrive; how many became sent and failed."""
+    """Record answers as they arrive; how many became sent and failed. The script pauses the
+    job when its recent failure rate crosses max_failure_rate (logged here)."""
     reply = await scripts.record_answers(
-        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt, k.fallback],
+        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt, k.fallback, k.stats],
         args=[msgpack_encode(outcome), ERRORS_CAP],
     )
+    if len(reply) > 2 and int(reply[2]):
+        log.warning("job auto-paused on its failure rate", extra={"job_id": k.job_id})
     return int(reply[0]), int(reply[1])
 
 

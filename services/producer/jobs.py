@@ -88,6 +88,8 @@ def job_fields(
         "window_asked": spec.window or "",
         "suppress": "1" if spec.suppress else "0",
         "fallback": "" if spec.fallback is None else fallback_json(spec.fallback),
+        # record_answers.lua pauses the job above this share of person/message failures
+        "max_failure_rate": repr(spec.max_failure_rate),
     }
 
 

@@ -24,8 +24,37 @@ local function release_chunks(hash, backlog, work, n)
 end
 
 
+-- The job's recent failure rate, as a sliding-window counter over FAILURE_WINDOW recipients
+-- settled: the block filling (fr_n settled, fr_f counted failures) and the last full one
+-- (fr_pn, fr_pf), weighted by how much of it still falls in the window. Four hash fields,
+-- O(1) per batch. Counted failures are answers about the person or the message; transient
+-- answers and throttles that ran out of retries are not (the page's breaker owns those).
+local FAILURE_WINDOW = 500
+
+local function failure_window_add(hash, settled, counted)
+  local w = redis.call('HMGET', hash, 'fr_n', 'fr_f')
+  local n = tonumber(w[1] or '0') + settled
+  local f = tonumber(w[2] or '0') + counted
+  if n >= FAILURE_WINDOW then
+    redis.call('HSET', hash, 'fr_pn', n, 'fr_pf', f, 'fr_n', 0, 'fr_f', 0)
+  else
+    redis.call('HSET', hash, 'fr_n', n, 'fr_f', f)
+  end
+end
+
+-- The share of counted failures over the last FAILURE_WINDOW settled, or nil before that many.
+local function failure_rate(hash)
+  local w = redis.call('HMGET', hash, 'fr_n', 'fr_f', 'fr_pn', 'fr_pf')
+  local n, f = tonumber(w[1] or '0'), tonumber(w[2] or '0')
+  local pn, pf = tonumber(w[3] or '0'), tonumber(w[4] or '0')
+  if pn == 0 then return nil end
+  local weight = math.max(0, (FAILURE_WINDOW - n) / pn)
+  return (f + pf * weight) / (n + pn * weight)
+end
+
 -- Record answers in a job's ledger: outcome = msgpack [[sent pos...], [[pos, recipient, code,
--- subcode, message, attempts]...], [doubtful pos...]]. Counters move only when a bit flips, so
+-- subcode, message, attempts, counts?]...], [doubtful pos...]] (counts: about the person or the
+-- message, for the failure rate; absent from older consumers). Counters move only when a bit flips, so
 -- recording the same answer twice changes nothing; but every doubtful entry counts one send
 -- that may have reached the person twice (one recipient resent twice counts 2), so a caller
 -- passes each doubt once. Returns how many became sent and failed.
@@ -43,10 +72,12 @@ local function record_outcome(hash, sent_bits, failed_bits, errors, indoubt_bits
     end
   end
   if fallbacks > 0 then redis.call('HINCRBY', hash, 'fallback_sent', fallbacks) end
+  local counted = 0  -- failures about the person or the message (f[7]): the job's failure rate
   for _, f in ipairs(outcome[2]) do
     local p = f[1]
     if redis.call('GETBIT', sent_bits, p) == 0 and redis.call('SETBIT', failed_bits, p, 1) == 0 then
       failed = failed + 1
+      if f[7] == true or f[7] == 1 then counted = counted + 1 end
       redis.call('HINCRBY', hash, 'code:' .. f[3], 1)
       redis.call('XADD', errors, 'MAXLEN', '~', cap, '*', 'recipient', f[2], 'code', f[3],
         'subcode', f[4], 'message', f[5], 'attempts', f[6])
@@ -56,5 +87,6 @@ local function record_outcome(hash, sent_bits, failed_bits, errors, indoubt_bits
   if #outcome[3] > 0 then redis.call('HINCRBY', hash, 'indoubt', #outcome[3]) end
   if sent > 0 then redis.call('HINCRBY', hash, 'sent', sent) end
   if failed > 0 then redis.call('HINCRBY', hash, 'failed', failed) end
+  if sent + failed > 0 then failure_window_add(hash, sent + failed, counted) end
   return sent, failed
 end

@@ -23,6 +23,9 @@ if paused_at > 0 and h[3] and paused_at > tonumber(h[3]) then
   redis.call('HINCRBY', KEYS[1], 'paused_ms', math.max(0, now_ms - paused_at))
 end
 redis.call('HDEL', KEYS[1], 'paused_at')
+-- A fresh failure window: a job resumed after an auto-pause pauses again only on what it
+-- sends from now on (lib.lua's failure_rate).
+redis.call('HDEL', KEYS[1], 'fr_n', 'fr_f', 'fr_pn', 'fr_pf', 'auto_paused')
 redis.call('HDEL', KEYS[1], 'reason')  -- a paused job's reason said why it was paused
 if next_status ~= 'scheduled'
     and tonumber(h[7]) + tonumber(h[8]) + tonumber(h[9]) >= tonumber(h[6]) then
