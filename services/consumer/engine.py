@@ -96,6 +96,7 @@ class Engine:
         self.held: dict[tuple[str, bytes], Entry] = {}  # ids are unique per stream only
         self.stopping = asyncio.Event()
         self._room = asyncio.Event()
+        self._away = False  # Redis failed or stalled an upkeep call: leases may have lapsed
         self._quiet_until = 0.0  # loop time: no take-over before then (Redis was away)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -268,22 +269,44 @@ class Engine:
                 entry.task.cancel()
 
     def _redis_was_away(self) -> None:
-        """Leases may have lapsed meanwhile, the live ones too: take nothing over for half a
-        lease, long enough for live holders (renewing every third) to renew theirs, else their
-        unwritten answers would go out twice."""
+        """Leases may have lapsed meanwhile, the live ones too."""
+        self._away = True
+
+    async def _quiet(self) -> bool:
+        """Whether to take nothing over now: for half a lease from when Redis answers again
+        after being away, long enough for live holders (renewing every third of it) to renew
+        theirs, else their chunks' unwritten answers would go out twice."""
         loop = asyncio.get_running_loop()
-        self._quiet_until = loop.time() + self.claim_idle_ms / 2000
+        if self._away:
+            await self.redis.ping()  # raises while Redis is still away
+            self._away = False
+            self._quiet_until = loop.time() + self.claim_idle_ms / 2000
+        return loop.time() < self._quiet_until
+
+    def _take_over(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
+    ) -> None:
+        if (stream, entry_id) not in self.held and not self.stopping.is_set():
+            self.kind.taken_over(self.take(stream, entry_id, fields, deliveries))
 
     async def reclaim(self) -> None:
-        if self.stopping.is_set() or asyncio.get_running_loop().time() < self._quiet_until:
+        if self.stopping.is_set() or await self._quiet():
             return
+        loop = asyncio.get_running_loop()
         for stream in self.kind.streams:
             cursor: bytes | str = "0-0"
             while (room := self.kind.room(len(self.held))) > 0:
+                started = loop.time()
                 cursor, entries, deleted = await self.scripts.reclaim(
                     keys=[stream],
                     args=[self.kind.group, self.consumer, self.claim_idle_ms, cursor, room],
                 )
+                # A call held up by an outage (redis-py retries it) claimed on Redis's return,
+                # maybe live holders' entries: start them only after the quiet period, by
+                # when a live holder has finished or written what it got.
+                late = loop.time() - started > self.claim_idle_ms / 3000
+                if late:
+                    self._redis_was_away()
                 if deleted:
                     log.error(
                         "pending entries were deleted from the stream",
@@ -300,7 +323,16 @@ class Engine:
                             "deliveries": deliveries,
                         },
                     )
-                    if (stream, entry_id) not in self.held:
-                        self.kind.taken_over(self.take(stream, entry_id, fields, int(deliveries)))
+                    if late:
+                        loop.call_later(
+                            self.claim_idle_ms / 2000,
+                            self._take_over,
+                            stream,
+                            entry_id,
+                            fields,
+                            int(deliveries),
+                        )
+                    elif (stream, entry_id) not in self.held:
+                        self._take_over(stream, entry_id, fields, int(deliveries))
                 if cursor in (b"0-0", "0-0"):
                     break
