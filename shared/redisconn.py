@@ -5,15 +5,16 @@ Every script touches one slot (a job's keys and its shard's streams share the ha
 ``{shard}``), every read names one stream, and no pipeline carries a script, so the same code
 runs on both. ``FANOUT_REDIS_CLUSTER`` says which; ``auto`` asks the server (INFO cluster).
 
-Failover (a master killed, its replica promoted). Two causes kept a service failing long
-after the promotion, each measured on a real 3+3 cluster (``scripts/soak-failover``):
+Failover (a master killed, its replica promoted). What kept a service failing after the
+promotion, each seen on a real 3+3 cluster (``scripts/soak-failover``):
 
 - **Scripts after a promotion.** A promoted replica's script cache is empty (scripts replicate
   as their effects), so the first EVALSHA there answers NOSCRIPT. redis-py then sends SCRIPT
   LOAD to the nodes *it believes* are primaries, and runs EVALSHA again on the slot's node.
   redis-py 7.4 keeps a preserved node's old role on a topology refresh, so the promoted replica
   is never a "primary" to it: SCRIPT LOAD never reaches it and every script on that shard
-  (``create_job``: every POST /v1/jobs) answers NOSCRIPT for good. Even where redis-py gets the
+  (``create_job``: every POST /v1/jobs) answers NOSCRIPT for good (3 of 3 soak runs with redis-py
+  7.4.1, which ``redis>=5.2`` allows; 8.1 fixed the roles). Even where redis-py gets the
   roles right, SCRIPT LOAD goes to every primary, so one unreachable master fails a script on
   a healthy one. Here NOSCRIPT is answered with EVAL of the body, routed by the script's keys
   to the one node that runs it (which caches it there), whatever the client thinks of roles.
@@ -25,12 +26,13 @@ after the promotion, each measured on a real 3+3 cluster (``scripts/soak-failove
   what Redis is, all seed the cluster client (which then follows the topology it finds), a
   cluster client that no seed answers comes up anyway and connects on first use (readiness
   false until then), and several nodes named means a cluster.
-- **Errors that are not RedisErrors.** While a slot has no live master, redis-py may give up
-  with SlotNotCoveredError or RedisClusterException, which are not RedisErrors, so they went
-  past every ``except RedisError`` (a 500 from the producer, in 3 of 10 soak runs). The cluster
-  client raises them as ``ClusterUnavailable``, a redis ConnectionError: 503, retry. So it does
-  with the RuntimeError uvloop raises when redis-py's topology refresh closes a socket under a
-  command being sent (one 500 in 10 soak runs after the first fix).
+- **Errors that are not RedisErrors** went past every ``except RedisError``: a 500 from the
+  producer in the failover window, in 3 of 10 soak runs. The one traced was the RuntimeError
+  uvloop raises when redis-py's topology refresh closes a socket under a command being sent (the
+  command was never sent); redis-py also gives up with SlotNotCoveredError or
+  RedisClusterException, which are not RedisErrors either, while a slot has no live master. The
+  cluster client raises all of them as ``ClusterUnavailable``, a redis ConnectionError: 503,
+  retry. 0 of 10 soak runs answered a 500 since.
 
 A running client re-reads the topology itself (redis-py refreshes on a connection error and
 follows MOVED), so once the scripts reach the right node it serves again within a second of
