@@ -11,8 +11,10 @@ Engine.run()
 
 The contract of a ``Kind`` (drawn small on purpose): which streams and group, how much room,
 how to handle one entry (it settles the entry itself: XACK and delete, or leave it pending for
-reclaim), and what to do with entries a drain could not finish. A kind never reads, renews or
-reclaims on its own.
+reclaim), what to do with entries a drain could not finish, and two notices (an entry taken
+over, pending entries found deleted) for its metrics. A kind never reads, renews or reclaims
+on its own. Three kinds plug in: chunks (worker.py), completion callbacks (callbacks.py) and
+Meta's webhook events (events.py).
 """
 
 from __future__ import annotations
