@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import PAGE, Stack, psids, wait_for
+from conftest import PAGE, Proc, Stack, psids, wait_for
 
 from shared import keys, window
 
@@ -126,6 +126,27 @@ def _start_meta(stack: Stack, **config: float) -> None:
     stack.start_fakegraph("--webhook-url", url, "--webhook-config", json.dumps(config))
 
 
+def _metrics_port(proc: Proc) -> int:
+    def port() -> int | None:
+        for line in proc.output().splitlines():
+            if line.startswith("{") and "metrics_port" in (logged := json.loads(line)):
+                return int(logged["metrics_port"])
+        return None
+
+    return wait_for(port, 20, f"{proc.name} to log its metrics port")
+
+
+def _samples(port: int, name: str) -> dict[str, float]:
+    """A consumer's samples of one metric, by their label text."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
+            found[labels] = float(value)
+    return found
+
+
 def _receipts(stack: Stack) -> dict[str, int]:
     assert stack.fake is not None
     data: dict[str, int] = stack.fake.http.get("/_fake/receipts").json()
@@ -136,7 +157,7 @@ def test_receipts_count_exactly_what_meta_reported_and_replays_change_nothing(
     hearing: Stack,
 ) -> None:
     _start_meta(hearing, duplicate_rate=0.2, reorder_rate=0.2, read_rate=0.5)
-    hearing.start_consumer("c1")
+    consumer = hearing.start_consumer("c1")
     people = psids(5000)
     job_id = hearing.submit(people)
     done = hearing.wait_done(job_id, 60)
@@ -164,6 +185,11 @@ def test_receipts_count_exactly_what_meta_reported_and_replays_change_nothing(
     assert 1500 < job["read"] < job["delivered"]
     assert fake["duplicates"] > 0
     assert fake["refused"] == 0
+    port = _metrics_port(consumer)
+    receipts = _samples(port, "fanout_receipts_total")
+    assert receipts == {'kind="delivered"': job["delivered"], 'kind="read"': job["read"]}
+    events = _samples(port, "fanout_webhook_events_total")
+    assert events['field="message_echoes"'] >= 5000  # duplicates are processed, not counted
     replayed = hearing.fake.http.post("/_fake/replay").json()["posts"]  # type: ignore[union-attr]
     assert replayed >= fake["posts"] - fake["duplicates"]
     wait_for(
@@ -173,6 +199,9 @@ def test_receipts_count_exactly_what_meta_reported_and_replays_change_nothing(
     )
     again = hearing.job(job_id)
     assert (again["delivered"], again["read"]) == (job["delivered"], job["read"])
+    assert _samples(port, "fanout_receipts_total") == receipts  # no bit flipped twice
+    replayed_events = _samples(port, "fanout_webhook_events_total")
+    assert replayed_events['field="message_echoes"'] >= 2 * 5000
     # Processed batches are acknowledged and deleted: nothing left pending.
     for shard in range(2):
         assert hearing.r.xpending(keys.inbox(shard), keys.INBOX_GROUP)["pending"] == 0
