@@ -147,6 +147,9 @@ class JobKeys(msgspec.Struct, frozen=True):
     delivered: str  # receipt bitmaps, bit i = recipient position i (Meta's watermarks)
     read: str
     upload: str  # lease of the consumer uploading the job's attachment (expires by itself)
+    # sent/failed per second for the last hour (a ring of 3,600 fields) and per minute over
+    # the job's life: the job page's chart (record_answers.lua, services/producer/series.py)
+    series: str = ""
 
     @classmethod
     def of(cls, job_id: str) -> JobKeys:
@@ -176,4 +179,5 @@ class JobKeys(msgspec.Struct, frozen=True):
             delivered=f"{base}:delivered",
             read=f"{base}:read",
             upload=f"{base}:upload",
+            series=f"{base}:series",
         )

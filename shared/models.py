@@ -133,6 +133,14 @@ class JobView(msgspec.Struct, kw_only=True):
     auto_paused: bool = False
 
 
+class JobSeries(msgspec.Struct, kw_only=True):
+    """Sent and failed per second over the last hour, per minute over the job's life: each
+    bucket [epoch second it starts, sent, failed], oldest first."""
+
+    seconds: list[tuple[int, int, int]]
+    minutes: list[tuple[int, int, int]]
+
+
 class JobList(msgspec.Struct, kw_only=True):
     items: list[JobView]
     next: str | None  # pass as ?after= for the next page; null at the end

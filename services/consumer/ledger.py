@@ -113,7 +113,7 @@ async def finish(
     reply = await scripts.finish_chunk(
         keys=[
             *(k.hash, k.sent, k.failed, k.errors, k.work, k.backlog, k.dead, k.indoubt),
-            *(k.stats, k.ended, k.callbacks, k.fallback),
+            *(k.stats, k.ended, k.callbacks, k.fallback, k.series),
         ],
         args=[
             *(keys.GROUP, entry_id, msgpack_encode(outcome), dead_reason, payload, ERRORS_CAP),
@@ -129,7 +129,7 @@ async def record(scripts: Scripts, k: keys.JobKeys, outcome: Outcome) -> tuple[i
     """Record answers as they arrive; how many became sent and failed. The script pauses the
     job when its recent failure rate crosses max_failure_rate (logged here)."""
     reply = await scripts.record_answers(
-        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt, k.fallback, k.stats],
+        keys=[k.hash, k.sent, k.failed, k.errors, k.indoubt, k.fallback, k.stats, k.series],
         args=[msgpack_encode(outcome), ERRORS_CAP],
     )
     if len(reply) > 2 and int(reply[2]):

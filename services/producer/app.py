@@ -31,6 +31,7 @@ from services.producer import (
     openapi,
     page,
     people,
+    series,
     testsend,
     upload,
     webhooks,
@@ -185,6 +186,14 @@ async def get_errors(request: Request) -> Response:
     return json_response(await jobs.errors(state.redis, job_id, after, limit, skipped))
 
 
+async def list_pages(request: Request) -> Response:
+    """The pages the tenant may send as (the job page's compose form offers these)."""
+    state = state_of(request)
+    tenant = authenticate(request)
+    pages = sorted(state.settings.tenant_pages.get(tenant, frozenset()))
+    return json_response({"items": [{"page_id": p} for p in pages]})
+
+
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -257,6 +266,8 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/v1/jobs", lifecycle.list_jobs, methods=["GET"]),
         Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
         Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/series", series.get_series, methods=["GET"]),
+        Route("/v1/pages", list_pages, methods=["GET"]),
         Route("/v1/jobs/{job_id}/events", lifecycle.job_events, methods=["GET"]),
         Route("/v1/jobs/{job_id}/pause", lifecycle.pause_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/resume", lifecycle.resume_job, methods=["POST"]),

@@ -18,6 +18,7 @@ from shared.models import (
     JobAccepted,
     JobList,
     JobRequest,
+    JobSeries,
     JobStatusName,
     JobView,
     PersonView,
@@ -98,7 +99,7 @@ def build() -> dict[str, Any]:
         [
             *(JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse),
             *(SuppressRequest, SuppressAdded, SuppressionPage, PersonView),
-            *(SendTestRequest, SendTestAnswer),
+            *(SendTestRequest, SendTestAnswer, JobSeries),
         ],
         ref_template=_REF,
     )
@@ -184,6 +185,44 @@ def build() -> dict[str, Any]:
                     "operationId": "getJob",
                     "parameters": [job_id],
                     "responses": {"200": _answer("JobView", "the job"), **_errors(401, 404)},
+                }
+            },
+            "/v1/jobs/{job_id}/series": {
+                "get": {
+                    "operationId": "getJobSeries",
+                    "parameters": [job_id],
+                    "responses": {
+                        "200": _answer("JobSeries", "sent/failed per second and per minute"),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/pages": {
+                "get": {
+                    "operationId": "listPages",
+                    "responses": {
+                        "200": {
+                            "description": "the pages the tenant may send as",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["items"],
+                                        "properties": {
+                                            "items": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {"page_id": {"type": "string"}},
+                                                },
+                                            }
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **_errors(401),
+                    },
                 }
             },
             "/v1/jobs/{job_id}/errors": {

@@ -4,7 +4,7 @@
 -- whose XACK removed the entry, so a retried call or a zombie consumer changes nothing twice.
 -- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 shard work stream, 6 backlog, 7 dead stream,
 --       8 indoubt, 9 shard job stats, 10 shard ended jobs, 11 shard due callbacks,
---       12 fallback (absent from older callers)
+--       12 fallback, 13 series (the job page's chart) (12, 13 absent from older callers)
 -- ARGV: 1 group, 2 entry id, 3 outcome (msgpack [[sent pos...], [[pos, recipient, code,
 --       subcode, message, attempts]...], [doubtful pos...]]: each doubtful entry is one send
 --       that may have reached the person twice, see record_outcome), 4 dead-letter reason
@@ -18,6 +18,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local sent, failed = record_outcome(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8],
   cmsgpack.unpack(ARGV[3]), ARGV[6], KEYS[12])
+series_add(KEYS[13], sent, failed)
 
 local acked = redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
 local released = 0

@@ -52,6 +52,26 @@ local function failure_rate(hash)
   return (f + pf * weight) / (n + pn * weight)
 end
 
+-- The job's chart: sent and failed per second, a ring of 3,600 fields "s:<second mod 3600>" =
+-- "<second>:<sent>:<failed>" (an older second in a field is replaced), and per minute over the
+-- job's life, "m:<minute>:s" and "m:<minute>:f". Bounded: 3,600 + 2 per minute sending.
+-- series may be nil (an older caller): nothing then.
+local function series_add(series, sent, failed)
+  if not series or sent + failed == 0 then return end
+  local second = tonumber(redis.call('TIME')[1])
+  local field = 's:' .. (second % 3600)
+  local s, f = sent, failed
+  local old = redis.call('HGET', series, field)
+  if old then
+    local at, os, of = string.match(old, '^(%d+):(%d+):(%d+)$')
+    if tonumber(at) == second then s, f = s + tonumber(os), f + tonumber(of) end
+  end
+  redis.call('HSET', series, field, second .. ':' .. s .. ':' .. f)
+  local minute = math.floor(second / 60)
+  if sent > 0 then redis.call('HINCRBY', series, 'm:' .. minute .. ':s', sent) end
+  if failed > 0 then redis.call('HINCRBY', series, 'm:' .. minute .. ':f', failed) end
+end
+
 -- Record answers in a job's ledger: outcome = msgpack [[sent pos...], [[pos, recipient, code,
 -- subcode, message, attempts, counts?]...], [doubtful pos...]] (counts: about the person or the
 -- message, for the failure rate; absent from older consumers). Counters move only when a bit flips, so

@@ -4,8 +4,9 @@
 -- finish records its answers again (a no-op then) and alone acks and completes.
 -- Auto-pause: when the job's recent failure rate (failure_rate, lib.lua) is above its
 -- max_failure_rate, a running job is paused here, its reason naming the rate and top codes.
--- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 indoubt, 6 fallback, 7 shard job stats
---       (6 and 7 absent from older callers: no auto-pause then)
+-- The job's chart: series_add (lib.lua).
+-- KEYS: 1 job hash, 2 sent, 3 failed, 4 errors, 5 indoubt, 6 fallback, 7 shard job stats,
+--       8 series (6, 7 and 8 absent from older callers: no auto-pause nor chart then)
 -- ARGV: 1 outcome (msgpack, as in record_outcome), 2 errors stream cap
 -- Returns {sent, failed, paused (1 when this call paused the job)}.
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -13,6 +14,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local sent, failed = record_outcome(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   cmsgpack.unpack(ARGV[1]), ARGV[2], KEYS[6])
+series_add(KEYS[8], sent, failed)
 if failed == 0 or not KEYS[7] then return {sent, failed, 0} end
 local h = redis.call('HMGET', KEYS[1], 'status', 'max_failure_rate')
 local limit = tonumber(h[2] or '0.2')
