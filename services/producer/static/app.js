@@ -21,7 +21,10 @@
   const JOB_HASH = /^#job\/([A-Za-z0-9_-]{1,80})$/;
 
   const $ = (id) => document.getElementById(id);
-  const views = { signIn: $("view-sign-in"), list: $("view-list"), job: $("view-job") };
+  const views = {
+    signIn: $("view-sign-in"), list: $("view-list"), job: $("view-job"),
+    compose: $("view-compose"),
+  };
 
   class Unauthorized extends Error {}
   class ApiFailure extends Error {
@@ -56,15 +59,24 @@
 
   // ---- the API ----
 
-  async function api(path, { method = "GET", signal, token } = {}) {
+  async function api(path, { method = "GET", signal, token, json, form } = {}) {
     const secret = token ?? getToken();
     if (!secret) throw new Unauthorized("not signed in");
+    const headers = { Authorization: `Bearer ${secret}`, Accept: "application/json" };
+    let payload;
+    if (json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(json);
+    } else if (form !== undefined) {
+      payload = form; // multipart: the browser sets the boundary
+    }
     const response = await fetch(path, {
       method,
       signal,
+      body: payload,
       cache: "no-store",
       credentials: "omit",
-      headers: { Authorization: `Bearer ${secret}`, Accept: "application/json" },
+      headers,
     });
     if (response.status === 401) throw new Unauthorized("token refused");
     let body = null;
@@ -75,11 +87,13 @@
     }
     if (!response.ok) {
       const error = (body && body.error) || {};
-      throw new ApiFailure(
+      const failure = new ApiFailure(
         response.status,
         error.code || "http_error",
         error.message || `the service answered ${response.status}`,
       );
+      failure.field = error.field || null;
+      throw failure;
     }
     return body;
   }
@@ -191,6 +205,8 @@
     const match = JOB_HASH.exec(location.hash);
     if (match) {
       showJob(match[1]);
+    } else if (location.hash === "#new") {
+      showCompose();
     } else {
       showList();
     }
@@ -336,7 +352,9 @@
     const code = document.createElement("code");
     code.textContent = shortId(job.job_id);
     link.append(code);
-    cell(row, "Job").append(link);
+    const label = document.createElement("span");
+    label.className = "job-label";
+    cell(row, "Job").append(link, label);
     const badge = document.createElement("span");
     badge.className = "badge";
     cell(row, "Status").append(badge);
@@ -348,11 +366,19 @@
     pct.className = "num pct";
     cell(row, "Progress", "progress-cell").append(bar, pct);
     cell(row, "Created");
+    cell(row, "Sent", "num");
+    cell(row, "Failed", "num");
     return row;
   }
 
   function updateRow(row, job) {
-    const [, statusCell, totalCell, progressCell, createdCell] = row.cells;
+    const [jobCell, statusCell, totalCell, progressCell, createdCell, sentCell, failedCell] =
+      row.cells;
+    const name = job.metadata && typeof job.metadata.name === "string" ? job.metadata.name : "";
+    jobCell.querySelector(".job-label").textContent =
+      name ? `${name} · page ${job.page_id}` : `page ${job.page_id}`;
+    sentCell.textContent = number(job.sent);
+    failedCell.textContent = number(job.failed);
     setBadge(statusCell.firstElementChild, job.status);
     totalCell.textContent = number(job.total);
     progressCell.querySelector("progress").value = job.progress || 0;
@@ -450,7 +476,12 @@
     $("errors-wrap").hidden = true;
     $("errors-empty").hidden = false;
     for (const id of ["pause-button", "resume-button", "cancel-button"]) $(id).disabled = true;
-    Object.assign(view, { lastAnnounce: 0, lastStatus: null, errorsShown: 0, errorsLoadedAt: 0 });
+    Object.assign(view, {
+      lastAnnounce: 0, lastStatus: null, errorsShown: 0, errorsLoadedAt: 0, chartFinal: false,
+    });
+    $("chart").replaceChildren();
+    $("chart-summary").textContent = "No sends yet.";
+    $("job-meta").textContent = "";
   }
 
   function showJob(id) {
@@ -467,6 +498,71 @@
     showView("job", `Job ${shortId(id)}`);
     follow(id, view.controller.signal);
     loadErrors(id, view.controller.signal);
+    chartLoop(id, view.controller.signal);
+  }
+
+  // ---- the chart: sent and failed per second (the last hour), or per minute if longer ----
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const CHART_REFRESH_MS = 2000;
+
+  async function chartLoop(id, signal) {
+    while (!signal.aborted) {
+      try {
+        const series = await api(`/v1/jobs/${encodeURIComponent(id)}/series`, { signal });
+        if (view.id === id) drawChart(series);
+      } catch (err) {
+        if (isAbort(err)) return;
+      }
+      if (view.job && ENDED.has(view.job.status) && view.job.finished_at) {
+        if (view.chartFinal) return; // one more read after the end, then stop
+        view.chartFinal = true;
+      }
+      await sleep(CHART_REFRESH_MS, signal);
+    }
+  }
+
+  function drawChart(series) {
+    const svg = $("chart");
+    svg.replaceChildren();
+    const seconds = series.seconds || [];
+    const minutes = series.minutes || [];
+    const span = seconds.length ? seconds[seconds.length - 1][0] - seconds[0][0] : 0;
+    // Per second while the job's sending fits in the hour kept; per minute beyond it.
+    const useMinutes = minutes.length > 60 || (!seconds.length && minutes.length > 0);
+    const buckets = useMinutes ? minutes : seconds;
+    if (!buckets.length) {
+      $("chart-summary").textContent = "No sends yet.";
+      return;
+    }
+    const step = useMinutes ? 60 : 1;
+    const first = buckets[0][0];
+    const last = buckets[buckets.length - 1][0];
+    const slots = Math.max(1, Math.round((last - first) / step) + 1);
+    const peak = Math.max(1, ...buckets.map((b) => b[1] + b[2]));
+    const width = 600 / slots;
+    for (const [at, sent, failed] of buckets) {
+      const x = ((at - first) / step) * width;
+      const sentH = (sent / peak) * 150;
+      const failH = (failed / peak) * 150;
+      for (const [h, y, cls] of [[sentH, 160 - sentH, "bar-sent"], [failH, 160 - sentH - failH, "bar-failed"]]) {
+        if (h <= 0) continue;
+        const rect = document.createElementNS(SVG, "rect");
+        rect.setAttribute("x", String(x));
+        rect.setAttribute("y", String(y));
+        rect.setAttribute("width", String(Math.max(width - 0.5, 0.5)));
+        rect.setAttribute("height", String(h));
+        rect.setAttribute("class", cls);
+        svg.append(rect);
+      }
+    }
+    const unit = useMinutes ? "minute" : "second";
+    const totalSent = buckets.reduce((n, b) => n + b[1], 0);
+    const totalFailed = buckets.reduce((n, b) => n + b[2], 0);
+    $("chart-summary").textContent =
+      `Per ${unit}, ${slots.toLocaleString()} ${unit}s shown (${duration(span)} of sending ` +
+      `in the last hour): peak ${peak.toLocaleString()}/${unit}; sent ` +
+      `${totalSent.toLocaleString()} (green), failed ${totalFailed.toLocaleString()} (red).`;
   }
 
   // Why the page's sends are held right now (the job view's page_hold).
@@ -479,6 +575,9 @@
     if (job.job_id !== view.id) return;
     view.job = job;
     setBadge($("job-status"), job.status);
+    const jobName = job.metadata && typeof job.metadata.name === "string" ? job.metadata.name : "";
+    $("job-meta").textContent = [jobName, `page ${job.page_id}`, job.message_kind]
+      .filter(Boolean).join(" · ");
     const reason = $("job-reason");
     const held = HOLDS[job.page_hold] || "";
     const why = [job.reason ? `Reason: ${job.reason}` : "", held].filter(Boolean).join(" · ");
@@ -493,7 +592,8 @@
     $("c-total").textContent = number(job.total);
     $("c-rate").textContent = typeof job.rate_per_s === "number" ?
       `${job.rate_per_s.toLocaleString()}/s` : "–";
-    $("c-eta").textContent = ENDED.has(job.status) ? "done" : duration(job.eta_s);
+    $("c-eta").textContent = ENDED.has(job.status) ? "done" :
+      job.status === "paused" ? "paused" : duration(job.eta_s);
     $("job-progress").value = job.progress || 0;
     $("job-progress").setAttribute("aria-valuetext", percent(job.progress));
     $("job-percent").textContent = percent(job.progress);
@@ -733,6 +833,339 @@
   }
 
   // ---- wiring ----
+
+
+  // ---- compose a job: pages, recipients, message, preview, test send, send ----
+
+  const PREVIEW_ROWS = 3;
+  const CSV_PEEK_BYTES = 64 * 1024;
+  const PLACEHOLDER = /\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|([^{}]*))?\}\}/g;
+  const compose = { rows: [], columns: [], pagesLoaded: false, busy: false };
+
+  async function showCompose() {
+    stopList();
+    closeJob();
+    showView("compose", "New job");
+    if (!compose.pagesLoaded) {
+      try {
+        const pages = await api("/v1/pages");
+        const select = $("f-page");
+        select.replaceChildren();
+        for (const page of pages.items) {
+          const option = document.createElement("option");
+          option.value = page.page_id;
+          option.textContent = page.page_id;
+          select.append(option);
+        }
+        compose.pagesLoaded = true;
+      } catch (err) {
+        handleError(err, "load your pages");
+      }
+    }
+    renderPreview();
+  }
+
+  // RFC 4180: quoted fields, doubled quotes, CRLF or LF.
+  function parseCsv(text) {
+    const rows = [];
+    let row = [];
+    let field = "";
+    let quoted = false;
+    for (let i = 0; i < text.length; i += 1) {
+      const c = text[i];
+      if (quoted) {
+        if (c === '"' && text[i + 1] === '"') {
+          field += '"';
+          i += 1;
+        } else if (c === '"') {
+          quoted = false;
+        } else {
+          field += c;
+        }
+      } else if (c === '"') {
+        quoted = true;
+      } else if (c === ",") {
+        row.push(field);
+        field = "";
+      } else if (c === "\n" || c === "\r") {
+        if (c === "\r" && text[i + 1] === "\n") i += 1;
+        row.push(field);
+        rows.push(row);
+        row = [];
+        field = "";
+      } else {
+        field += c;
+      }
+    }
+    if (field || row.length) {
+      row.push(field);
+      rows.push(row);
+    }
+    return rows;
+  }
+
+  async function onCsvChosen() {
+    const file = $("f-csv").files[0];
+    compose.rows = [];
+    compose.columns = [];
+    if (file) {
+      const text = (await file.slice(0, CSV_PEEK_BYTES).text()).replace(/^\uFEFF/, "");
+      const rows = parseCsv(text);
+      if (file.size > CSV_PEEK_BYTES) rows.pop(); // the last line may be cut
+      const header = (rows.shift() || []).map((h) => h.trim());
+      compose.columns = header;
+      compose.rows = rows.slice(0, PREVIEW_ROWS).map((r) =>
+        Object.fromEntries(header.map((h, i) => [h, (r[i] || "").trim()])));
+    }
+    const vars = compose.columns.filter((c) => c && c !== "id");
+    $("f-columns").textContent = vars.length ?
+      `Placeholders: ${vars.map((v) => `{{${v}}}`).join(", ")}` :
+      "Placeholders: none yet.";
+    renderPreview();
+  }
+
+  function fill(template, values) {
+    return (template || "").replace(PLACEHOLDER, (_, name, fallback) => {
+      const value = values[name];
+      if (value) return value;
+      return fallback !== undefined ? fallback.trim() : "";
+    });
+  }
+
+  function value(id) {
+    return $(id).value.trim();
+  }
+
+  function buildMessage() {
+    if ($("f-kind").value === "text") return { text: $("f-text").value };
+    const element = { title: value("f-title") };
+    if (value("f-subtitle")) element.subtitle = value("f-subtitle");
+    if (value("f-image")) element.image_url = value("f-image");
+    const buttons = [];
+    for (const n of [1, 2, 3]) {
+      const title = value(`f-b${n}-title`);
+      const url = value(`f-b${n}-url`);
+      if (title || url) buttons.push({ type: "web_url", title, url });
+    }
+    if (buttons.length) element.buttons = buttons;
+    return {
+      attachment: { type: "template", payload: { template_type: "generic", elements: [element] } },
+    };
+  }
+
+  function buildSpec() {
+    const lane = $("f-lane").value;
+    const spec = {
+      page_id: $("f-page").value,
+      message: buildMessage(),
+      messaging_type: lane === "HUMAN_AGENT" ? "MESSAGE_TAG" : lane,
+    };
+    if (lane === "HUMAN_AGENT") spec.tag = "HUMAN_AGENT";
+    if (value("f-name")) spec.metadata = { name: value("f-name") };
+    if ($("f-later").checked) {
+      const when = $("f-when").value;
+      // datetime-local is the user's own clock: sent with its offset, as the API needs.
+      spec.send_at = when ? new Date(when).toISOString() : "";
+    }
+    return spec;
+  }
+
+  function renderPreview() {
+    const list = $("preview");
+    list.replaceChildren();
+    const rows = compose.rows.length ? compose.rows :
+      value("f-psids").split(/\s+/).filter(Boolean).slice(0, PREVIEW_ROWS).map((id) => ({ id }));
+    const shown = rows.length ? rows : [{ id: "" }];
+    const message = buildMessage();
+    for (const row of shown) {
+      const item = document.createElement("li");
+      const to = document.createElement("p");
+      to.className = "preview-to";
+      to.textContent = row.id ? `To ${row.id}` : "To each recipient";
+      item.append(to);
+      if (message.text !== undefined) {
+        const bubble = document.createElement("p");
+        bubble.className = "bubble";
+        bubble.textContent = fill(message.text, row) || "…";
+        item.append(bubble);
+      } else {
+        const element = message.attachment.payload.elements[0];
+        const card = document.createElement("div");
+        card.className = "msg-card";
+        if (element.image_url) {
+          // The page's policy loads no outside images: a frame says where it comes from.
+          const image = document.createElement("div");
+          image.className = "msg-image";
+          let host = element.image_url;
+          try {
+            host = new URL(fill(element.image_url, row)).host;
+          } catch {
+            host = "an invalid URL";
+          }
+          image.textContent = `Image from ${host}`;
+          card.append(image);
+        }
+        const title = document.createElement("p");
+        title.className = "msg-title";
+        title.textContent = fill(element.title, row) || "…";
+        card.append(title);
+        if (element.subtitle) {
+          const sub = document.createElement("p");
+          sub.className = "msg-subtitle";
+          sub.textContent = fill(element.subtitle, row);
+          card.append(sub);
+        }
+        for (const button of element.buttons || []) {
+          const b = document.createElement("p");
+          b.className = "msg-button";
+          b.textContent = fill(button.title, row) || "…";
+          card.append(b);
+        }
+        item.append(card);
+      }
+      list.append(item);
+    }
+  }
+
+  const FIELD_ERRORS = ["page", "name", "recipients", "text", "title", "subtitle", "image",
+    "b1-title", "b1-url", "b2-title", "b2-url", "b3-title", "b3-url", "lane", "when", "test"];
+
+  function clearComposeErrors() {
+    for (const key of FIELD_ERRORS) {
+      const box = $(`err-${key}`);
+      box.hidden = true;
+      box.textContent = "";
+      const input = document.querySelector(`[aria-describedby~="err-${key}"]`);
+      if (input) input.removeAttribute("aria-invalid");
+    }
+    $("compose-error").hidden = true;
+  }
+
+  // Where the API's error goes: next to the field its path names, else above the form.
+  function errorTarget(field) {
+    if (!field) return null;
+    const path = field.replace(/^spec\./, "");
+    const button = /buttons\[(\d)\]\.(title|url)$/.exec(path);
+    if (button) return `b${Number(button[1]) + 1}-${button[2]}`;
+    if (/subtitle$/.test(path)) return "subtitle";
+    if (/image_url$/.test(path)) return "image";
+    if (path.startsWith("message")) return $("f-kind").value === "text" ? "text" : "title";
+    if (path === "page_id") return "page";
+    if (path.startsWith("test_recipients")) return "test";
+    if (path.startsWith("recipients")) return "recipients";
+    if (path === "send_at") return "when";
+    if (path === "metadata") return "name";
+    if (path === "messaging_type" || path === "tag") return "lane";
+    return null;
+  }
+
+  function showComposeError(err, what) {
+    if (!(err instanceof ApiFailure)) {
+      handleError(err, what);
+      return;
+    }
+    const key = errorTarget(err.field);
+    if (key) {
+      const box = $(`err-${key}`);
+      box.textContent = err.message;
+      box.hidden = false;
+      const input = document.querySelector(`[aria-describedby~="err-${key}"]`);
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        input.focus();
+      }
+    } else {
+      $("compose-error").textContent = `Could not ${what}: ${err.message}`;
+      $("compose-error").hidden = false;
+    }
+  }
+
+  function localError(key, message) {
+    const failure = new ApiFailure(0, "invalid_field", message);
+    failure.field = key;
+    return failure;
+  }
+
+  async function onSendTest() {
+    clearComposeErrors();
+    const psid = value("f-test");
+    $("test-result").textContent = "";
+    if (!psid) {
+      showComposeError(localError("test_recipients", "Enter the PSID to send the test to."),
+        "send the test");
+      return;
+    }
+    const first = compose.rows[0] || {};
+    const variables = Object.fromEntries(Object.entries(first).filter(([k]) => k !== "id"));
+    const spec = buildSpec();
+    delete spec.send_at;
+    try {
+      const answer = await api("/v1/jobs", {
+        method: "POST",
+        json: { ...spec, test_recipients: [psid], test_variables: variables },
+      });
+      $("test-result").textContent = answer.results.map((r) => (r.outcome === "sent" ?
+        `Test sent to ${r.recipient}.` :
+        `Test to ${r.recipient} failed: ${[r.code, r.subcode].filter(Boolean).join("/")} ` +
+          `${r.message || ""}`)).join(" ");
+    } catch (err) {
+      showComposeError(err, "send the test");
+    }
+  }
+
+  async function onSubmitJob(event) {
+    event.preventDefault();
+    if (compose.busy) return;
+    clearComposeErrors();
+    const spec = buildSpec();
+    const file = $("f-csv").files[0];
+    const psids = value("f-psids").split(/\s+/).filter(Boolean);
+    let options;
+    if (file) {
+      const form = new FormData();
+      form.append("spec", JSON.stringify(spec));
+      form.append("recipients", file, file.name);
+      options = { method: "POST", form };
+    } else if (psids.length) {
+      options = { method: "POST", json: { ...spec, recipients: psids } };
+    } else {
+      showComposeError(localError("recipients", "Choose a CSV file or paste PSIDs."),
+        "send the job");
+      return;
+    }
+    compose.busy = true;
+    $("send-button").disabled = true;
+    try {
+      const accepted = await api("/v1/jobs", options);
+      location.hash = `#job/${accepted.job_id}`;
+    } catch (err) {
+      showComposeError(err, "send the job");
+    } finally {
+      compose.busy = false;
+      $("send-button").disabled = false;
+    }
+  }
+
+  function onKindChange() {
+    const card = $("f-kind").value === "card";
+    $("card-fields").hidden = !card;
+    $("text-fields").hidden = card;
+    renderPreview();
+  }
+
+  function onWhenChange() {
+    const later = $("f-later").checked;
+    $("f-when").disabled = !later;
+    $("send-button").textContent = later ? "Schedule" : "Send now";
+  }
+
+  $("compose-form").addEventListener("submit", onSubmitJob);
+  $("compose-form").addEventListener("input", renderPreview);
+  $("f-csv").addEventListener("change", onCsvChosen);
+  $("f-kind").addEventListener("change", onKindChange);
+  $("f-now").addEventListener("change", onWhenChange);
+  $("f-later").addEventListener("change", onWhenChange);
+  $("test-button").addEventListener("click", onSendTest);
 
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
