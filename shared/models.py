@@ -78,6 +78,29 @@ class SendTestAnswer(msgspec.Struct, kw_only=True):
     results: list[SendTestResult]
 
 
+MAX_CHECKED = 10_000
+
+
+class CheckRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/checks``: a job as it would be submitted (recipients: up to 10,000, e.g. the
+    first rows of a CSV), checked without sending or writing anything."""
+
+    recipients: Annotated[list[Psid], Meta(min_length=1, max_length=MAX_CHECKED)]
+
+
+class CheckAnswer(msgspec.Struct, kw_only=True):
+    """What a job would meet at dispatch: the window rule it would get and how many of the
+    recipients checked are outside the window, suppressed, and would be skipped."""
+
+    checked: int  # distinct recipients looked up
+    window_rule: Literal["require", "ignore"]
+    window_default: bool  # the rule was chosen for the job (it did not ask)
+    outside_window: int  # no interaction with the page in the last 24 hours
+    suppressed: int  # on the page's suppression list
+    would_skip: int  # skipped at dispatch (or sent the fallback, if the job has one)
+    notes: list[str]
+
+
 class JobAccepted(msgspec.Struct, kw_only=True):
     job_id: str
     status: JobStatusName
@@ -264,5 +287,6 @@ msgpack_encode = msgspec.msgpack.Encoder().encode
 job_request_decoder = msgspec.json.Decoder(JobRequest)
 upload_spec_decoder = msgspec.json.Decoder(UploadSpec)
 test_send_decoder = msgspec.json.Decoder(SendTestRequest)
+check_decoder = msgspec.json.Decoder(CheckRequest)
 chunk_decoder = msgspec.msgpack.Decoder(Chunk)
 graph_answer_decoder = msgspec.json.Decoder(GraphAnswer)

@@ -87,6 +87,17 @@ def test_compose_preview_test_send_and_send(stack: Stack) -> None:
             assert api.get("/v1/jobs").json()["items"] == []
             page.get_by_label("Button 2 title", exact=True).fill("Not now")
 
+            # The policy checks: the window and suppressions for the CSV's people.
+            suppressed = [str(FIRST + 1), str(FIRST + 2)]
+            assert api.post(
+                f"/v1/pages/{PAGE}/suppressions", json={"recipients": suppressed}
+            ).is_success
+            page.get_by_role("button", name="Run checks").click()
+            expect(page.locator("#check-result")).to_contain_text(
+                f"Checked the first {ROWS} of the CSV recipients"
+            )
+            expect(page.locator("#check-result")).to_contain_text("2 suppressed; 2 would be")
+
             # A test send to one person, filled with the CSV's first row.
             page.get_by_label("Test PSID", exact=True).fill(TESTER)
             page.get_by_role("button", name="Send test").click()
@@ -111,12 +122,14 @@ def test_compose_preview_test_send_and_send(stack: Stack) -> None:
             assert job_id
             job = stack.wait_done(job_id)
             stats = fake.stats()
-            assert job["sent"] == ROWS and job["failed"] == 0
-            assert stats["delivered"] == ROWS + 1 and stats["duplicates"] == 0  # + the test
+            sent = ROWS - 2  # the two suppressed are skipped at dispatch
+            assert (job["sent"], job["failed"], job["skipped"]) == (sent, 0, 2)
+            assert stats["delivered"] == sent + 1 and stats["duplicates"] == 0  # + the test
             assert job["metadata"] == {"name": "Spring sale"}
-            expect(page.locator("#c-sent")).to_have_text(f"{ROWS:,}")
+            expect(page.locator("#c-sent")).to_have_text(f"{sent:,}")
+            expect(page.locator("#c-skipped")).to_have_text("2")
             expect(page.locator("#job-meta")).to_contain_text("Spring sale")
-            expect(page.locator("#chart-summary")).to_contain_text(f"sent {ROWS:,}")
+            expect(page.locator("#chart-summary")).to_contain_text(f"sent {sent:,}")
             assert page.locator("#chart rect").count() >= 2
             page.screenshot(path=str(ARTIFACTS / "job-1280.png"), full_page=True)
             page.set_viewport_size({"width": 375, "height": 800})
@@ -126,7 +139,7 @@ def test_compose_preview_test_send_and_send(stack: Stack) -> None:
             page.get_by_role("link", name="All jobs").click()
             row = page.locator(f'tr[data-job-id="{job_id}"]')
             expect(row.locator(".job-label")).to_have_text(f"Spring sale · page {PAGE}")
-            expect(row.locator("td").nth(5)).to_have_text(f"{ROWS:,}")
+            expect(row.locator("td").nth(5)).to_have_text(f"{sent:,}")
             fits(page, 375)
             page.screenshot(path=str(ARTIFACTS / "list-375.png"), full_page=True)
             page.set_viewport_size({"width": 1280, "height": 1000})

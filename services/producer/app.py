@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from services.producer import (
+    checks,
     intake,
     jobs,
     lifecycle,
@@ -268,6 +269,7 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/v1/jobs/{job_id}/errors", get_errors, methods=["GET"]),
         Route("/v1/jobs/{job_id}/series", series.get_series, methods=["GET"]),
         Route("/v1/pages", list_pages, methods=["GET"]),
+        Route("/v1/checks", checks.check, methods=["POST"]),
         Route("/v1/jobs/{job_id}/events", lifecycle.job_events, methods=["GET"]),
         Route("/v1/jobs/{job_id}/pause", lifecycle.pause_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/resume", lifecycle.resume_job, methods=["POST"]),

@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shared.models import (
+    CheckAnswer,
+    CheckRequest,
     ErrorPage,
     ErrorResponse,
     JobAccepted,
@@ -99,7 +101,7 @@ def build() -> dict[str, Any]:
         [
             *(JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse),
             *(SuppressRequest, SuppressAdded, SuppressionPage, PersonView),
-            *(SendTestRequest, SendTestAnswer, JobSeries),
+            *(SendTestRequest, SendTestAnswer, JobSeries, CheckRequest, CheckAnswer),
         ],
         ref_template=_REF,
     )
@@ -194,6 +196,16 @@ def build() -> dict[str, Any]:
                     "responses": {
                         "200": _answer("JobSeries", "sent/failed per second and per minute"),
                         **_errors(401, 404),
+                    },
+                }
+            },
+            "/v1/checks": {
+                "post": {
+                    "operationId": "checkJob",
+                    "requestBody": {"required": True, "content": _json("CheckRequest")},
+                    "responses": {
+                        "200": _answer("CheckAnswer", "what the job would meet at dispatch"),
+                        **_errors(400, 401, 403, 413, 422),
                     },
                 }
             },

@@ -840,7 +840,8 @@
   const PREVIEW_ROWS = 3;
   const CSV_PEEK_BYTES = 64 * 1024;
   const PLACEHOLDER = /\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|([^{}]*))?\}\}/g;
-  const compose = { rows: [], columns: [], pagesLoaded: false, busy: false };
+  const CHECK_MOST = 10000; // the API checks up to this many recipients
+  const compose = { rows: [], ids: [], columns: [], pagesLoaded: false, busy: false };
 
   async function showCompose() {
     stopList();
@@ -907,6 +908,7 @@
   async function onCsvChosen() {
     const file = $("f-csv").files[0];
     compose.rows = [];
+    compose.ids = [];
     compose.columns = [];
     if (file) {
       const text = (await file.slice(0, CSV_PEEK_BYTES).text()).replace(/^\uFEFF/, "");
@@ -916,6 +918,11 @@
       compose.columns = header;
       compose.rows = rows.slice(0, PREVIEW_ROWS).map((r) =>
         Object.fromEntries(header.map((h, i) => [h, (r[i] || "").trim()])));
+      const idAt = header.indexOf("id");
+      if (idAt >= 0) {
+        compose.ids = rows.map((r) => (r[idAt] || "").trim()).filter(Boolean)
+          .slice(0, CHECK_MOST);
+      }
     }
     const vars = compose.columns.filter((c) => c && c !== "id");
     $("f-columns").textContent = vars.length ?
@@ -1146,6 +1153,33 @@
     }
   }
 
+  async function onRunChecks() {
+    clearComposeErrors();
+    const file = $("f-csv").files[0];
+    const ids = file ? compose.ids :
+      value("f-psids").split(/\s+/).filter(Boolean).slice(0, CHECK_MOST);
+    if (!ids.length) {
+      showComposeError(localError("recipients", "Choose a CSV file or paste PSIDs."),
+        "run the checks");
+      return;
+    }
+    const spec = buildSpec();
+    delete spec.send_at;
+    try {
+      const c = await api("/v1/checks", { method: "POST", json: { ...spec, recipients: ids } });
+      const first = file ? `the first ${c.checked.toLocaleString()} of the CSV` :
+        `${c.checked.toLocaleString()}`;
+      const rule = c.window_rule === "require" ? "enforced" : "not enforced";
+      $("check-result").textContent =
+        `Checked ${first} recipients: ${c.outside_window.toLocaleString()} outside the ` +
+        `24-hour window (window ${rule}), ${c.suppressed.toLocaleString()} suppressed; ` +
+        `${c.would_skip.toLocaleString()} would be skipped. ` +
+        (c.notes.length ? `Notes: ${c.notes.join("; ")}.` : "Every rule passes.");
+    } catch (err) {
+      showComposeError(err, "run the checks");
+    }
+  }
+
   function onKindChange() {
     const card = $("f-kind").value === "card";
     $("card-fields").hidden = !card;
@@ -1166,6 +1200,7 @@
   $("f-now").addEventListener("change", onWhenChange);
   $("f-later").addEventListener("change", onWhenChange);
   $("test-button").addEventListener("click", onSendTest);
+  $("check-button").addEventListener("click", onRunChecks);
 
   $("sign-in-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", () => signOut());
