@@ -150,3 +150,51 @@ def test_compose_preview_test_send_and_send(stack: Stack) -> None:
             assert len(problems) == 1, problems
         finally:
             browser.close()
+
+
+@needs_browser
+def test_quick_replies_and_a_utility_template(stack: Stack) -> None:
+    fake = stack.start_fakegraph()
+    api = stack.start_producer()
+    base = str(api.base_url).rstrip("/")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(15_000)
+            page.goto(f"{base}/#new")
+            page.get_by_label("API token", exact=True).fill(TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            page.goto(f"{base}/#new")
+            expect(page.get_by_role("heading", name="New job", level=1)).to_be_visible()
+            page.get_by_label("Or paste PSIDs, one per line", exact=True).fill("7001\n7002")
+            page.get_by_label("Text", exact=True).fill("Coming, {{first_name|friend}}?")
+            page.get_by_label("Quick replies (comma-separated, optional)").fill("Yes, No")
+            first = page.locator("#preview li").first
+            expect(first.locator(".bubble")).to_have_text("Coming, friend?")
+            expect(first.locator(".chip")).to_have_text(["Yes", "No"])
+            page.get_by_label("Test PSID", exact=True).fill("7001")
+            page.get_by_role("button", name="Send test").click()
+            expect(page.locator("#test-result")).to_have_text("Test sent to 7001.")
+            sent = fake.http.get("/_fake/bodies").json()["7001"]
+            assert [q["title"] for q in sent["message"]["quick_replies"]] == ["Yes", "No"]
+
+            page.get_by_label("Message", exact=True).select_option("utility")
+            expect(page.get_by_label("Lane", exact=True)).to_have_value("UTILITY")
+            page.get_by_label("Template name", exact=True).fill("Order Shipped")  # bad name
+            params = "Body parameters (comma-separated; placeholders allowed)"
+            page.get_by_label(params, exact=True).fill("{{first_name|friend}}, 42")
+            expect(first.locator(".bubble")).to_have_text(
+                "Template Order Shipped (en_US): friend, 42"
+            )
+            page.get_by_role("button", name="Send test").click()
+            expect(page.locator("#err-tname")).to_be_visible()
+            page.get_by_label("Template name", exact=True).fill("order_shipped")
+            page.get_by_role("button", name="Send test").click()
+            expect(page.locator("#test-result")).to_have_text("Test sent to 7001.")
+            sent = fake.http.get("/_fake/bodies").json()["7001"]
+            assert sent["messaging_type"] == "UTILITY"
+            assert sent["message"]["template"]["name"] == "order_shipped"
+            assert api.get("/v1/jobs").json()["items"] == []
+        finally:
+            browser.close()

@@ -943,8 +943,32 @@
     return $(id).value.trim();
   }
 
+  function splitList(text) {
+    return text.split(",").map((part) => part.trim()).filter(Boolean);
+  }
+
   function buildMessage() {
-    if ($("f-kind").value === "text") return { text: $("f-text").value };
+    const kind = $("f-kind").value;
+    if (kind === "text") {
+      const message = { text: $("f-text").value };
+      const quick = splitList($("f-quick").value);
+      if (quick.length) {
+        message.quick_replies = quick.map((title) => ({
+          content_type: "text", title, payload: title,
+        }));
+      }
+      return message;
+    }
+    if (kind === "utility") {
+      const template = { name: value("f-tname"), language: { code: value("f-tlang") } };
+      const params = splitList($("f-tparams").value);
+      if (params.length) {
+        template.components = [
+          { type: "body", parameters: params.map((text) => ({ type: "text", text })) },
+        ];
+      }
+      return { template };
+    }
     const element = { title: value("f-title") };
     if (value("f-subtitle")) element.subtitle = value("f-subtitle");
     if (value("f-image")) element.image_url = value("f-image");
@@ -995,6 +1019,27 @@
         bubble.className = "bubble";
         bubble.textContent = fill(message.text, row) || "…";
         item.append(bubble);
+        if (message.quick_replies) {
+          const replies = document.createElement("p");
+          replies.className = "quick-replies";
+          for (const reply of message.quick_replies) {
+            const chip = document.createElement("span");
+            chip.className = "chip";
+            chip.textContent = fill(reply.title, row);
+            replies.append(chip);
+          }
+          item.append(replies);
+        }
+      } else if (message.template) {
+        // Meta renders an approved template from its own text: what we know is its name and
+        // the parameters each person gets.
+        const bubble = document.createElement("p");
+        bubble.className = "bubble";
+        const params = (message.template.components || [])
+          .flatMap((c) => c.parameters.map((p) => fill(p.text, row)));
+        bubble.textContent = `Template ${message.template.name || "…"} ` +
+          `(${message.template.language.code})` + (params.length ? `: ${params.join(", ")}` : "");
+        item.append(bubble);
       } else {
         const element = message.attachment.payload.elements[0];
         const card = document.createElement("div");
@@ -1034,7 +1079,8 @@
     }
   }
 
-  const FIELD_ERRORS = ["page", "name", "recipients", "text", "title", "subtitle", "image",
+  const FIELD_ERRORS = ["page", "name", "recipients", "text", "quick", "tname", "tlang",
+    "tparams", "title", "subtitle", "image",
     "b1-title", "b1-url", "b2-title", "b2-url", "b3-title", "b3-url", "lane", "when", "test"];
 
   function clearComposeErrors() {
@@ -1054,9 +1100,15 @@
     const path = field.replace(/^spec\./, "");
     const button = /buttons\[(\d)\]\.(title|url)$/.exec(path);
     if (button) return `b${Number(button[1]) + 1}-${button[2]}`;
+    if (path.includes("quick_replies")) return "quick";
+    if (path.startsWith("message.template.name")) return "tname";
+    if (path.startsWith("message.template.language")) return "tlang";
+    if (path.startsWith("message.template")) return "tparams";
     if (/subtitle$/.test(path)) return "subtitle";
     if (/image_url$/.test(path)) return "image";
-    if (path.startsWith("message")) return $("f-kind").value === "text" ? "text" : "title";
+    if (path.startsWith("message")) {
+      return { text: "text", card: "title", utility: "tname" }[$("f-kind").value];
+    }
     if (path === "page_id") return "page";
     if (path.startsWith("test_recipients")) return "test";
     if (path.startsWith("recipients")) return "recipients";
@@ -1181,9 +1233,13 @@
   }
 
   function onKindChange() {
-    const card = $("f-kind").value === "card";
-    $("card-fields").hidden = !card;
-    $("text-fields").hidden = card;
+    const kind = $("f-kind").value;
+    $("card-fields").hidden = kind !== "card";
+    $("text-fields").hidden = kind !== "text";
+    $("utility-fields").hidden = kind !== "utility";
+    // A utility template goes in its own lane; the others never do.
+    if (kind === "utility") $("f-lane").value = "UTILITY";
+    else if ($("f-lane").value === "UTILITY") $("f-lane").value = "UPDATE";
     renderPreview();
   }
 
