@@ -157,11 +157,12 @@ class JobView(msgspec.Struct, kw_only=True):
 
 
 class JobSeries(msgspec.Struct, kw_only=True):
-    """Sent and failed per second over the last hour, per minute over the job's life: each
-    bucket [epoch second it starts, sent, failed], oldest first."""
+    """Per second over the last hour, per minute over the job's life: each bucket [epoch
+    second it starts, sent, failed, delivered, read], oldest first (delivered and read once
+    the receipts are counted into the series: lib.lua series_add)."""
 
-    seconds: list[tuple[int, int, int]]
-    minutes: list[tuple[int, int, int]]
+    seconds: list[tuple[int, int, int, int, int]]
+    minutes: list[tuple[int, int, int, int, int]]
 
 
 class JobList(msgspec.Struct, kw_only=True):

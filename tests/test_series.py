@@ -35,11 +35,14 @@ def test_series_adds_up_to_the_counters(stack: Stack) -> None:
 def test_the_ring_keeps_only_the_last_hour() -> None:
     now = 1_800_000_000
     raw = {
-        b"s:0": f"{now - 3600}:5:1".encode(),  # an hour old: left out
-        b"s:1": f"{now - 10}:7:0".encode(),
+        b"s:0": f"{now - 3600}:5:1:0:0".encode(),  # an hour old: left out
+        b"s:1": f"{now - 10}:7:0:3:1".encode(),
+        b"s:2": f"{now - 9}:2:1".encode(),  # sent and failed only
         b"m:30000000:s": b"12",
         b"m:30000000:f": b"1",
+        b"m:30000000:d": b"4",
+        b"m:30000000:r": b"2",
     }
     series = parse(raw, now)
-    assert series.seconds == [(now - 10, 7, 0)]
-    assert series.minutes == [(30000000 * 60, 12, 1)]
+    assert series.seconds == [(now - 10, 7, 0, 3, 1), (now - 9, 2, 1, 0, 0)]
+    assert series.minutes == [(30000000 * 60, 12, 1, 4, 2)]

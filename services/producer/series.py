@@ -1,7 +1,7 @@
-"""``GET /v1/jobs/{id}/series``: sent and failed per second over the last hour and per minute
-over the job's life, for the job page's chart. Read from the job's series hash, which the
-script recording answers keeps bounded (record_answers.lua): a ring of 3,600 per-second fields
-and two fields per minute of sending."""
+"""``GET /v1/jobs/{id}/series``: sent, failed, delivered and read per second over the last
+hour and per minute over the job's life, for the job page's chart. Read from the job's series
+hash, which the scripts recording answers keep bounded (lib.lua series_add): a ring of 3,600
+per-second fields and four fields per minute."""
 
 from __future__ import annotations
 
@@ -18,26 +18,29 @@ from shared.errors import ApiError
 from shared.models import JobSeries
 
 _HOUR_S = 3600
+Bucket = tuple[int, int, int, int, int]
 
 
 def parse(raw: dict[bytes, bytes], now_s: int) -> JobSeries:
-    """Buckets oldest first: ``seconds`` as [epoch second, sent, failed] within the last hour,
-    ``minutes`` as [epoch second of the minute, sent, failed]."""
-    seconds: list[tuple[int, int, int]] = []
+    """Buckets oldest first: ``seconds`` as [epoch second, sent, failed, delivered, read]
+    within the last hour, ``minutes`` the same per minute (its first second)."""
+    seconds: list[Bucket] = []
     minutes: dict[int, list[int]] = {}
     for field, value in raw.items():
         name = field.decode()
         if name.startswith("s:"):
-            at, sent, failed = (int(x) for x in value.decode().split(":"))
-            if now_s - at < _HOUR_S:
-                seconds.append((at, sent, failed))
+            numbers = [int(x) for x in value.decode().split(":")]
+            numbers += [0] * (5 - len(numbers))  # a bucket of sent and failed only
+            if now_s - numbers[0] < _HOUR_S:
+                at, sent, failed, delivered, read = numbers[:5]
+                seconds.append((at, sent, failed, delivered, read))
         elif name.startswith("m:"):
             _, minute, kind = name.split(":")
-            bucket = minutes.setdefault(int(minute) * 60, [0, 0])
-            bucket[0 if kind == "s" else 1] += int(value)
+            bucket = minutes.setdefault(int(minute) * 60, [0, 0, 0, 0])
+            bucket["sfdr".index(kind)] += int(value)
     return JobSeries(
         seconds=sorted(seconds),
-        minutes=sorted((at, s, f) for at, (s, f) in minutes.items()),
+        minutes=sorted((at, s, f, d, r) for at, (s, f, d, r) in minutes.items()),
     )
 
 

@@ -52,24 +52,31 @@ local function failure_rate(hash)
   return (f + pf * weight) / (n + pn * weight)
 end
 
--- The job's chart: sent and failed per second, a ring of 3,600 fields "s:<second mod 3600>" =
--- "<second>:<sent>:<failed>" (an older second in a field is replaced), and per minute over the
--- job's life, "m:<minute>:s" and "m:<minute>:f". Bounded: 3,600 + 2 per minute sending.
--- series may be nil (an older caller): nothing then.
-local function series_add(series, sent, failed)
-  if not series or sent + failed == 0 then return end
+-- The job's chart: sent, failed, delivered and read per second, a ring of 3,600 fields
+-- "s:<second mod 3600>" = "<second>:<sent>:<failed>:<delivered>:<read>" (an older second in a
+-- field is replaced; a field of three numbers is an older release's), and per minute over the
+-- job's life, "m:<minute>:<s|f|d|r>". Bounded: 3,600 + 4 per minute. series may be nil (an
+-- older caller): nothing then.
+local function series_add(series, sent, failed, delivered, read)
+  delivered, read = delivered or 0, read or 0
+  if not series or sent + failed + delivered + read == 0 then return end
   local second = tonumber(redis.call('TIME')[1])
   local field = 's:' .. (second % 3600)
-  local s, f = sent, failed
+  local n = {sent, failed, delivered, read}
   local old = redis.call('HGET', series, field)
   if old then
-    local at, os, of = string.match(old, '^(%d+):(%d+):(%d+)$')
-    if tonumber(at) == second then s, f = s + tonumber(os), f + tonumber(of) end
+    local parts = {}
+    for x in string.gmatch(old, '%d+') do parts[#parts + 1] = tonumber(x) end
+    if parts[1] == second then
+      for i = 1, 4 do n[i] = n[i] + (parts[i + 1] or 0) end
+    end
   end
-  redis.call('HSET', series, field, second .. ':' .. s .. ':' .. f)
-  local minute = math.floor(second / 60)
-  if sent > 0 then redis.call('HINCRBY', series, 'm:' .. minute .. ':s', sent) end
-  if failed > 0 then redis.call('HINCRBY', series, 'm:' .. minute .. ':f', failed) end
+  redis.call('HSET', series, field, second .. ':' .. table.concat(n, ':'))
+  local minute = 'm:' .. math.floor(second / 60) .. ':'
+  local add = {sent, failed, delivered, read}
+  for i, name in ipairs({'s', 'f', 'd', 'r'}) do
+    if add[i] > 0 then redis.call('HINCRBY', series, minute .. name, add[i]) end
+  end
 end
 
 -- Record answers in a job's ledger: outcome = msgpack [[sent pos...], [[pos, recipient, code,

@@ -556,13 +556,29 @@
         svg.append(rect);
       }
     }
+    // Delivered and read (Meta's receipts, when counted per bucket) as lines over the bars.
+    for (const [index, cls] of [[3, "line-delivered"], [4, "line-read"]]) {
+      if (!buckets.some((b) => (b[index] || 0) > 0)) continue;
+      const line = document.createElementNS(SVG, "polyline");
+      line.setAttribute("points", buckets.map((b) =>
+        `${((b[0] - first) / step) * width + width / 2},${160 - ((b[index] || 0) / peak) * 150}`)
+        .join(" "));
+      line.setAttribute("class", cls);
+      svg.append(line);
+    }
     const unit = useMinutes ? "minute" : "second";
     const totalSent = buckets.reduce((n, b) => n + b[1], 0);
     const totalFailed = buckets.reduce((n, b) => n + b[2], 0);
+    const totalDelivered = buckets.reduce((n, b) => n + (b[3] || 0), 0);
+    const totalRead = buckets.reduce((n, b) => n + (b[4] || 0), 0);
+    const receipts = totalDelivered || totalRead ?
+      `; delivered ${totalDelivered.toLocaleString()} (blue line), read ` +
+      `${totalRead.toLocaleString()} (dashed)` : "";
     $("chart-summary").textContent =
       `Per ${unit}, ${slots.toLocaleString()} ${unit}s shown (${duration(span)} of sending ` +
       `in the last hour): peak ${peak.toLocaleString()}/${unit}; sent ` +
-      `${totalSent.toLocaleString()} (green), failed ${totalFailed.toLocaleString()} (red).`;
+      `${totalSent.toLocaleString()} (green), failed ${totalFailed.toLocaleString()} (red)` +
+      `${receipts}.`;
   }
 
   // Why the page's sends are held right now (the job view's page_hold).
