@@ -30,7 +30,7 @@ Obj = dict[str, Any]
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail("promtool is not installed: run scripts/setup --dev (Debian package prometheus)")
+        pytest.fail("promtool is not installed: run scripts/setup --dev (Debian: prometheus)")
     return found
 
 

@@ -107,7 +107,7 @@ def test_promtool_accepts_both_outputs(stack: Stack) -> None:
     from conftest import free_port
 
     if shutil.which("promtool") is None:  # scripts/setup installs it: never skip silently
-        pytest.fail("promtool is not installed: run scripts/setup --dev (Debian package prometheus)")
+        pytest.fail("promtool is not installed: run scripts/setup --dev (Debian: prometheus)")
 
     stack.start_fakegraph()
     api = stack.start_producer()
