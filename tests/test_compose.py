@@ -128,6 +128,11 @@ def test_compose_preview_test_send_and_send(stack: Stack) -> None:
             assert job["metadata"] == {"name": "Spring sale"}
             expect(page.locator("#c-sent")).to_have_text(f"{sent:,}")
             expect(page.locator("#c-skipped")).to_have_text("2")
+            widths = {
+                key: page.locator(f"#seg-{key}").evaluate("e => e.style.width")
+                for key in ("sent", "failed", "skipped")
+            }
+            assert widths == {"sent": "99%", "failed": "0%", "skipped": "1%"}, widths
             expect(page.locator("#job-meta")).to_contain_text("Spring sale")
             expect(page.locator("#chart-summary")).to_contain_text(f"sent {sent:,}")
             assert page.locator("#chart rect").count() >= 2

@@ -481,6 +481,7 @@
     });
     $("chart").replaceChildren();
     $("chart-summary").textContent = "No sends yet.";
+    for (const key of ["sent", "failed", "skipped"]) $(`seg-${key}`).style.width = "0";
     $("job-meta").textContent = "";
   }
 
@@ -613,6 +614,12 @@
     $("job-progress").value = job.progress || 0;
     $("job-progress").setAttribute("aria-valuetext", percent(job.progress));
     $("job-percent").textContent = percent(job.progress);
+    // The bar by outcome: a cancelled job shows what it never reached (CSSOM, not markup:
+    // the page's policy allows no inline style attributes).
+    for (const key of ["sent", "failed", "skipped"]) {
+      const share = job.total ? (job[key] / job.total) * 100 : 0;
+      $(`seg-${key}`).style.width = `${share}%`;
+    }
     setTime($("t-created"), job.created_at);
     setTime($("t-started"), job.started_at);
     setTime($("t-finished"), job.finished_at);
