@@ -22,7 +22,8 @@ Steps = Callable[[Receipts], Awaitable[None]]
 
 def _job(r: redis.Redis, total: int = 10, shard: int = 0) -> str:
     job_id = keys.new_job_id(shard)
-    r.hset(keys.JobKeys.of(job_id).hash, mapping={"total": total, "status": "running"})
+    fields = {"total": total, "status": "running", "page_id": PAGE}
+    r.hset(keys.JobKeys.of(job_id).hash, mapping=fields)
     return job_id
 
 
@@ -117,6 +118,18 @@ def test_a_strangers_watermark_in_the_same_bucket_flips_nothing(
         assert _counts(redis_server, job) == (1, 0)
 
     _run(redis_server, steps)
+
+
+def test_a_job_of_another_page_is_not_touched(redis_server: RedisServer) -> None:
+    job = _job(redis_server.client)
+    t = int(time.time() * 1000)
+
+    async def steps(rx: Receipts) -> None:
+        await rx.echo("2002", "4", job, 0, t)  # metadata naming our job, on another page
+        await rx.watermark("2002", "4", "r", t + 1)
+
+    _run(redis_server, steps)
+    assert _counts(redis_server, job) == (0, 0)
 
 
 def test_a_swept_job_is_not_recreated_and_read_records_are_dropped(

@@ -186,8 +186,13 @@ def test_receipts_count_exactly_what_meta_reported_and_replays_change_nothing(
     assert fake["duplicates"] > 0
     assert fake["refused"] == 0
     port = _metrics_port(consumer)
-    receipts = _samples(port, "fanout_receipts_total")
-    assert receipts == {'kind="delivered"': job["delivered"], 'kind="read"': job["read"]}
+    # A counter moves just after its flip is in Redis: poll, briefly.
+    expected = {'kind="delivered"': job["delivered"], 'kind="read"': job["read"]}
+    receipts = wait_for(
+        lambda: (s := _samples(port, "fanout_receipts_total")) == expected and s,
+        5,
+        "fanout_receipts_total to equal the job's counts",
+    )
     events = _samples(port, "fanout_webhook_events_total")
     assert events['field="message_echoes"'] >= 5000  # duplicates are processed, not counted
     replayed = hearing.fake.http.post("/_fake/replay").json()["posts"]  # type: ignore[union-attr]

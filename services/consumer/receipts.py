@@ -56,9 +56,9 @@ class Receipts:
             args=[fp, job_id, position, ts_ms, self.keep_ms],
         )
         if read:
-            await self._flip(job_id, "r", [position])
+            await self._flip(page_id, job_id, "r", [position])
         elif delivered:
-            await self._flip(job_id, "d", [position])
+            await self._flip(page_id, job_id, "d", [position])
 
     async def watermark(self, page_id: str, psid: str, kind: Kind, watermark_ms: int) -> None:
         bucket, fp = locate(psid)
@@ -70,14 +70,14 @@ class Receipts:
         for i in range(0, len(reply), 2):
             by_job[reply[i].decode()].append(int(reply[i + 1]))
         for job_id, positions in by_job.items():
-            await self._flip(job_id, kind, positions)
+            await self._flip(page_id, job_id, kind, positions)
 
-    async def _flip(self, job_id: str, kind: Kind, positions: list[int]) -> None:
+    async def _flip(self, page_id: str, job_id: str, kind: Kind, positions: list[int]) -> None:
         if keys.shard_of(job_id) is None:
             return
         k = keys.JobKeys.of(job_id)
         delivered, read = await self.scripts.receipt_flip(
-            keys=[k.hash, k.delivered, k.read], args=[kind, *positions]
+            keys=[k.hash, k.delivered, k.read], args=[kind, page_id, *positions]
         )
         if delivered:
             _RECEIPTS["delivered"].inc(delivered)

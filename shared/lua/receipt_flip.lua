@@ -1,13 +1,15 @@
 -- Flip recipients' delivered / read bits of one job; the counters move only when a bit flips
 -- (read implies delivered), so a webhook Meta retries, or a replay, counts nothing twice. A
--- job already swept is not recreated.
+-- job already swept is not recreated, and a job of another page (metadata that only looks like
+-- ours) is not touched.
 -- KEYS: 1 job hash, 2 delivered bitmap, 3 read bitmap
--- ARGV: 1 'd' | 'r', 2.. positions
+-- ARGV: 1 'd' | 'r', 2 the page the receipt is about, 3.. positions
 -- Returns {delivered flipped, read flipped}
-local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
-if total == 0 then return {0, 0} end
+local job = redis.call('HMGET', KEYS[1], 'total', 'page_id')
+local total = tonumber(job[1] or '0')
+if total == 0 or job[2] ~= ARGV[2] then return {0, 0} end
 local d, r = 0, 0
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local pos = tonumber(ARGV[i])
   if pos and pos >= 0 and pos < total then
     if ARGV[1] == 'r' and redis.call('SETBIT', KEYS[3], pos, 1) == 0 then r = r + 1 end
