@@ -47,4 +47,4 @@ class Scripts:
         self.settle: AsyncScript = redis.register_script(_read("settle"))
         self.receipt_echo: AsyncScript = redis.register_script(_read("receipt_echo"))
         self.receipt_mark: AsyncScript = redis.register_script(_read("receipt_mark"))
-        self.receipt_flip: AsyncScript = redis.register_script(_read("receipt_flip"))
+        self.receipt_flip: AsyncScript = redis.register_script(_source("receipt_flip"))

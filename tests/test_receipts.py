@@ -60,6 +60,10 @@ def test_watermarks_cover_what_was_sent_before_them(redis_server: RedisServer) -
     k = keys.JobKeys.of(job)
     assert redis_server.client.getbit(k.delivered, 3) == 1
     assert redis_server.client.getbit(k.read, 3) == 1
+    # The job page's chart gets the flips too, per minute: one delivered, one read.
+    series = redis_server.client.hgetall(k.series)
+    per_minute = {f.decode().rsplit(":", 1)[1]: int(v) for f, v in series.items() if f[:2] == b"m:"}
+    assert per_minute == {"d": 1, "r": 1}
 
 
 def test_receipts_before_their_echo_still_count_and_replays_count_nothing(

@@ -77,7 +77,7 @@ class Receipts:
             return
         k = keys.JobKeys.of(job_id)
         delivered, read = await self.scripts.receipt_flip(
-            keys=[k.hash, k.delivered, k.read], args=[kind, page_id, *positions]
+            keys=[k.hash, k.delivered, k.read, k.series], args=[kind, page_id, *positions]
         )
         if delivered:
             _RECEIPTS["delivered"].inc(delivered)

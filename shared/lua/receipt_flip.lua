@@ -2,7 +2,8 @@
 -- (read implies delivered), so a webhook Meta retries, or a replay, counts nothing twice. A
 -- job already swept is not recreated, and a job of another page (metadata that only looks like
 -- ours) is not touched.
--- KEYS: 1 job hash, 2 delivered bitmap, 3 read bitmap
+-- The flips also go to the job's series (per second and per minute, for the page's chart).
+-- KEYS: 1 job hash, 2 delivered bitmap, 3 read bitmap, 4 the job's series (optional)
 -- ARGV: 1 'd' | 'r', 2 the page the receipt is about, 3.. positions
 -- Returns {delivered flipped, read flipped}
 local job = redis.call('HMGET', KEYS[1], 'total', 'page_id')
@@ -18,4 +19,5 @@ for i = 3, #ARGV do
 end
 if d > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', d) end
 if r > 0 then redis.call('HINCRBY', KEYS[1], 'read', r) end
+series_add(KEYS[4], 0, 0, d, r)
 return {d, r}
