@@ -85,9 +85,7 @@ def newest(replies: Sequence[Any]) -> list[int | None]:
     return found
 
 
-async def last_interactions(
-    redis: Redis, page_id: str, psids: Sequence[str]
-) -> list[int | None]:
+async def last_interactions(redis: Redis, page_id: str, psids: Sequence[str]) -> list[int | None]:
     """Each PSID's last interaction (unix seconds) or None, in one round trip."""
     if not psids:
         return []

@@ -165,9 +165,7 @@ def test_what_a_draining_consumer_hands_back_is_taken_by_the_fleet_within_a_seco
     streams = [keys.work_stream(s) for s in range(2)]
 
     def held_by(name: str) -> int:
-        return sum(
-            len(stack.r.xpending_range(s, keys.GROUP, "-", "+", 100, name)) for s in streams
-        )
+        return sum(len(stack.r.xpending_range(s, keys.GROUP, "-", "+", 100, name)) for s in streams)
 
     assert held_by("leaving") > 0
     staying = stack.start_consumer("staying", **paced)
