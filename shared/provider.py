@@ -98,6 +98,8 @@ class MessengerClient:
         regain = regain_access_s(answer.headers.get(b"x-business-use-case-usage"))
         if regain is not None:
             retry_after = max(retry_after or 0.0, regain)
+        # Only Graph's own error says the message was not sent; any other failure (a proxy's
+        # HTML 502, a body that is not Graph's JSON) may come after the provider acted on it.
         try:
             graph: GraphAnswer = graph_answer_decoder.decode(answer.body)
         except msgspec.MsgspecError:
