@@ -386,16 +386,19 @@ def test_generic_template_with_buttons_and_quick_replies_filled_from_a_csv(stack
     assert [(e["recipient"], e["code"]) for e in errors] == [("103", "invalid_message")]
     assert "elements[0].title" in errors[0]["message"]
     bodies = fake.http.get("/_fake/bodies").json()
-    assert bodies == {
+    job_id = job_view["job_id"]
+    assert bodies == {  # metadata: the job and the recipient's position, for Meta's receipts
         "101": {
             "recipient": {"id": "101"},
             "message": card_for("Ann", "38", "A1"),
             "messaging_type": "UPDATE",
+            "metadata": f"fo1:{job_id}:0",
         },
         "102": {
             "recipient": {"id": "102"},
             "message": card_for("Bo", "one size", "B2"),
             "messaging_type": "UPDATE",
+            "metadata": f"fo1:{job_id}:1",
         },
     }
     assert fake.stats()["requests"] == 2  # the refused one never went out
@@ -432,8 +435,9 @@ def test_utility_template_filled_per_recipient_as_meta_documents(stack: Stack) -
     assert (job_view["sent"], job_view["messaging_type"], job_view["tag"]) == (3, "UTILITY", None)
     assert job_view["message_kind"] == "utility_template"
     bodies = fake.http.get("/_fake/bodies").json()
-    for psid, order, name in people:
+    for pos, (psid, order, name) in enumerate(people):
         assert bodies[psid] == {
+            "metadata": f"fo1:{job_view['job_id']}:{pos}",
             "recipient": {"id": psid},
             "message": {
                 "template": {
