@@ -46,7 +46,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,6 +57,12 @@ log = logging.getLogger("fanout.redis")
 
 # XREADGROUP BLOCK (at most 4 s, see settings) must return before the socket times out.
 SOCKET_TIMEOUT_S = 10.0
+# redis-py 8 caps a pool at 100 connections and answers the 101st concurrent command with
+# "Too many connections" (seen: 64 senders cooling a throttled page down at once, each cool-down
+# lost). A single Redis gets a blocking pool, so a burst waits for a connection instead; a
+# cluster's per-node pools cannot block, so theirs are made large enough not to be reached.
+MAX_CONNECTIONS = 512
+CLUSTER_MAX_CONNECTIONS = 4096
 _OPTIONS = {
     "socket_timeout": SOCKET_TIMEOUT_S,
     "socket_connect_timeout": 5.0,
@@ -155,7 +161,14 @@ def seed_urls(url: str) -> list[str]:
 
 def connect(url: str) -> Redis:
     """A client for a single Redis (tests and tools that know they talk to one)."""
-    return Redis.from_url(url, health_check_interval=30, **_OPTIONS)  # type: ignore[arg-type]
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+        **_OPTIONS,
+    )
+    return Redis.from_pool(pool)
 
 
 async def is_cluster(url: str) -> bool:
@@ -189,7 +202,9 @@ async def _detect(seeds: list[str]) -> str:
 async def _open_cluster(seeds: list[str]) -> FanoutCluster:
     others = [urlsplit(seed) for seed in seeds[1:]]
     startup = [ClusterNode(p.hostname or "127.0.0.1", p.port or 6379) for p in others]
-    client = FanoutCluster.from_url(seeds[0], startup_nodes=startup, **_OPTIONS)
+    client = FanoutCluster.from_url(
+        seeds[0], startup_nodes=startup, max_connections=CLUSTER_MAX_CONNECTIONS, **_OPTIONS
+    )
     try:
         await client.initialize()
     except (RedisError, OSError) as exc:
