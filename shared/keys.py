@@ -20,6 +20,12 @@ def work_stream(shard: int) -> str:
     return f"fanout:{{{shard}}}:work"
 
 
+def lease_clock(stream: str) -> str:
+    """When leases on ``stream`` were last renewed or taken over (lib.lua lease_clock): beside
+    the stream, in its slot."""
+    return f"{stream}:leases"
+
+
 def dead_stream(shard: int) -> str:
     return f"fanout:{{{shard}}}:dead"
 

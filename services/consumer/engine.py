@@ -27,11 +27,13 @@ from typing import Protocol, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from shared import keys
 from shared.scripts import Scripts
 
 log = logging.getLogger("fanout.consumer")
 
 HAND_BACK_IDLE_MS = 365 * 24 * 3600 * 1000  # "idle for a year": anyone's next XAUTOCLAIM
+_RECLAIM_MIN_S = 0.2  # take-over calls come at least this far apart, whatever the lease
 
 
 class Entry:
@@ -226,7 +228,7 @@ class Engine:
     async def _upkeep(self) -> None:
         await asyncio.gather(
             self._every(self.claim_idle_ms / 3000, self.renew),
-            self._every(max(0.2, self.claim_idle_ms / 2000), self.reclaim),
+            self._every(max(_RECLAIM_MIN_S, self.claim_idle_ms / 2000), self.reclaim),
         )
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -255,7 +257,8 @@ class Engine:
             ids = [e.entry_id for e in group]
             gone = set(
                 await self.scripts.lease(
-                    keys=[stream], args=[self.kind.group, self.consumer, idle_ms, *ids]
+                    keys=[stream, keys.lease_clock(stream)],
+                    args=[self.kind.group, self.consumer, idle_ms, *self._stall_args(), *ids],
                 )
             )
             lost += [e for e in group if e.entry_id in gone]
@@ -269,6 +272,12 @@ class Engine:
         for entry in stolen if self.cancel_lost else []:
             if entry.task is not None and not entry.task.done():
                 entry.task.cancel()
+
+    def _stall_args(self) -> tuple[int, int]:
+        """For the lease clock (lib.lua): no renewal or take-over on a stream for longer than
+        this gap means Redis was stalled or away (normally the fleet's calls come every third
+        of a lease, and take-overs at least every 200 ms); then take-overs wait half a lease."""
+        return max(self.claim_idle_ms, int(3 * _RECLAIM_MIN_S * 1000)), self.claim_idle_ms // 2
 
     def _redis_was_away(self) -> None:
         """Leases may have lapsed meanwhile, the live ones too."""
@@ -300,8 +309,11 @@ class Engine:
             while (room := self.kind.room(len(self.held))) > 0:
                 started = loop.time()
                 cursor, entries, deleted = await self.scripts.reclaim(
-                    keys=[stream],
-                    args=[self.kind.group, self.consumer, self.claim_idle_ms, cursor, room],
+                    keys=[stream, keys.lease_clock(stream)],
+                    args=[
+                        *(self.kind.group, self.consumer, self.claim_idle_ms, cursor, room),
+                        *self._stall_args(),
+                    ],
                 )
                 # A call held up by an outage (redis-py retries it) claimed on Redis's return,
                 # maybe live holders' entries: start them only after the quiet period, by

@@ -1,6 +1,28 @@
 -- Shared by the scripts (prepended when they are loaded): what happens when a job ends, and
 -- releasing a job's chunks from its backlog into its shard's work stream.
 
+-- Leases lapse for everyone while Redis is stalled (SIGSTOP, a long fork, a slow disk) or out of
+-- reach for longer than one, so on its return a take-over call that was already waiting would
+-- find live holders' entries idle past the lease and take them: every answer those holders had
+-- not written yet would go out twice. So each lease renewal and take-over call on a stream notes
+-- the time in the stream's lease clock; a gap longer than gap_ms (the lease, or more when the
+-- fleet's calls are further apart than that) since the last note means nobody could renew,
+-- and take-overs wait quiet_ms (half a lease: live holders renew every third of one).
+-- Returns whether take-overs must wait now.
+local function lease_clock(clock, gap_ms, quiet_ms)
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local state = redis.call('HMGET', clock, 'last', 'quiet_until')
+  local last = tonumber(state[1] or '0')
+  local quiet_until = tonumber(state[2] or '0')
+  if last > 0 and now - last > gap_ms then
+    quiet_until = now + quiet_ms
+  end
+  redis.call('HSET', clock, 'last', now, 'quiet_until', quiet_until)
+  redis.call('PEXPIRE', clock, 86400000)
+  return now < quiet_until
+end
+
 -- A job ended at now_ms: list it for the retention sweeper; queue its completion callback.
 local function job_ended(hash, ended_set, callbacks, job_id, now_ms)
   redis.call('ZADD', ended_set, now_ms, job_id)
