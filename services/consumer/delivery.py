@@ -254,6 +254,12 @@ class Senders:
         if health.restricted:
             self._hold_back(work)
             return
+        if spec.limiter.cooling_s() > 0:
+            # The page was throttled after this recipient got its permit (a chunk takes a
+            # batch): it waits out the pause for a fresh permit instead of going out to be
+            # refused. Not an attempt: nothing was sent.
+            self._later(work, index, asyncio.sleep(0))
+            return
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
         chunk = work.chunk

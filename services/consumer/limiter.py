@@ -39,6 +39,8 @@ class Permits(Protocol):
 
     async def cool_down(self, hint_s: float | None) -> float | None: ...
 
+    def cooling_s(self) -> float: ...
+
 
 class PageLimiter:
     def __init__(
@@ -105,6 +107,10 @@ class PageLimiter:
             self.in_hand -= taken
             return taken
 
+    def cooling_s(self) -> float:
+        """Seconds left of a cool-down this consumer knows of (0 when none)."""
+        return max(0.0, self.paused_until - asyncio.get_running_loop().time())
+
     async def cool_down(self, hint_s: float | None) -> float | None:
         """Pause the page fleet-wide. Returns the new pause's seconds, or None when this
         consumer already knew of a pause in force (answers to requests sent before it)."""
@@ -144,6 +150,9 @@ class MediaLimiter:
                 return taken
             self.media.in_hand = 0
             self.page.in_hand += taken  # the page's are fresh (maybe its probe): kept for later
+
+    def cooling_s(self) -> float:
+        return self.page.cooling_s()
 
     async def cool_down(self, hint_s: float | None) -> float | None:
         # Meta's answer does not say which limit it meant: pause the page (media included).
