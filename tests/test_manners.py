@@ -60,8 +60,11 @@ def test_throttled_page_cools_down_and_still_delivers_everyone_once(stack: Stack
     assert stats["unique"] == 300 and stats["duplicates"] == 0
     throttled = stats["by_code"].get("613", 0)
     assert throttled > 0  # it did hit the limit
-    # The cool-down holds the fleet back: far fewer refusals than sends.
-    assert throttled < 300, stats["by_code"]
+    # The cool-down holds the fleet back: at most one refusal per recipient. (An unlimited fleet
+    # sends all 300 within milliseconds: 100 fit the provider's second and 200 are refused before
+    # the first 613 is back; after the pause 100 of those fit and 100 are refused again: 300 in
+    # the worst case. Retrying on backoff alone, without the fleet-wide pause, refuses far more.)
+    assert throttled <= 300, stats["by_code"]
 
 
 def small_job_behind_a_throttled_one(stack: Stack, concurrency: int, chunk_size: int) -> float:
