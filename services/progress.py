@@ -120,15 +120,8 @@ class Display:
 
     def __enter__(self) -> Display:
         if self.console.is_terminal:
-            self._live = Live(
-                self._line,
-                console=self.console,
-                auto_refresh=False,
-                transient=False,  # stopping leaves the last line drawn: the final one
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self._live.start()
+            # Stopping leaves the last line drawn: the final one.
+            self._live = _live(self.console, self._line, transient=False)
         return self
 
     def __exit__(
@@ -166,6 +159,20 @@ class Display:
         self._stop()
 
 
+def _live(console: Console, renderable: Any, transient: bool) -> Live:
+    """A started line redrawn only when told (no refresh thread), leaving stdout alone."""
+    live = Live(
+        renderable,
+        console=console,
+        auto_refresh=False,
+        transient=transient,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    live.start()
+    return live
+
+
 class TextLine:
     """A line of text redrawn in place on a terminal (cut to its width), then printed once
     whole: ``with TextLine() as t: t.update(s) ...; t.final(s)``."""
@@ -176,15 +183,7 @@ class TextLine:
 
     def __enter__(self) -> TextLine:
         if self.console.is_terminal:
-            self._live = Live(
-                Text(""),
-                console=self.console,
-                auto_refresh=False,
-                transient=True,
-                redirect_stdout=False,
-                redirect_stderr=False,
-            )
-            self._live.start()
+            self._live = _live(self.console, Text(""), transient=True)
         return self
 
     def __exit__(
