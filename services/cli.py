@@ -43,6 +43,7 @@ def _run_producer(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port, "--port")
     # page tokens too: the producer sends test messages itself (services/producer/testsend.py)
     secrets = [*settings.api_tokens.values(), *settings.page_tokens.values()]
+    secrets += settings.wa_tokens.values()
     logs.setup("producer", settings.log_level, (s.reveal() for s in secrets))
     logs.started("producer", settings)
     # uvicorn says where it listens only for sockets it bound itself; --port 0 needs telling.
@@ -76,6 +77,7 @@ def _run_consumer(args: argparse.Namespace) -> int:
     # Before the first log line: a taken port is one line on stderr and exit 2.
     probe_socket = health.bind(settings.metrics_port)
     secrets = [*settings.page_tokens.values(), *settings.callback_secrets.values()]
+    secrets += settings.wa_tokens.values()
     logs.setup("consumer", settings.log_level, (s.reveal() for s in secrets))
     logs.started("consumer", settings)
     uvloop.run(serve(settings, probe_socket))

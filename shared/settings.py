@@ -28,6 +28,24 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_RATE_LIMIT = 40
 META_RATE_CEILING = 300
 DEFAULT_MEDIA_RATE_LIMIT = 10
+# WhatsApp Cloud API: "up to 80 messages per second (mps) by default, and up to 1,000 mps by
+# automatic upgrade" per number; one message every 6 s to the same person (error 131056).
+# https://developers.facebook.com/documentation/business-messaging/whatsapp/throughput and
+# https://developers.facebook.com/documentation/business-messaging/whatsapp/about-the-platform
+DEFAULT_WA_RATE_LIMIT = 80
+WA_RATE_CEILING = 1000
+DEFAULT_WA_PAIR_INTERVAL_S = 6.0
+# Messaging tiers: unique people reached outside a service window per moving 24 h, per business
+# portfolio since 2025-10-07. None is "unlimited". A new business starts at 250.
+# https://developers.facebook.com/documentation/business-messaging/whatsapp/messaging-limits
+WA_TIERS: dict[str, int | None] = {
+    "250": 250,
+    "2000": 2000,
+    "10000": 10_000,
+    "100000": 100_000,
+    "unlimited": None,
+}
+DEFAULT_WA_TIER = "250"
 
 
 class SettingsError(Exception):
@@ -57,7 +75,35 @@ class Secret:
         return hash(self._value)
 
 
-class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class WhatsAppSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The WhatsApp numbers and their limits, shared by both services' settings.
+
+    A number is a sender like a page: its id sits in the job hash's ``page_id`` slot, so the
+    limiter key, breaker, suppression list, window and tenant binding all work per number.
+    """
+
+    wa_tokens: dict[str, Secret] = {}  # phone_number_id -> token (FANOUT_WA_NUMBERS)
+    wa_rate_limit: int = DEFAULT_WA_RATE_LIMIT  # messages/s per number, 0 = unlimited
+    wa_rate_limits: dict[str, int] = {}  # per-number overrides
+    wa_pair_interval_s: float = DEFAULT_WA_PAIR_INTERVAL_S  # to one person from one number
+    wa_portfolios: dict[str, str] = {}  # number -> its business portfolio
+    wa_tiers: dict[str, int | None] = {}  # portfolio (or lone number) -> tier, None = unlimited
+    wa_tier_default: int | None = WA_TIERS[DEFAULT_WA_TIER]
+
+    def wa_rate_for(self, number: str) -> int:
+        return self.wa_rate_limits.get(number, self.wa_rate_limit)
+
+    def portfolio_of(self, number: str) -> str:
+        """The portfolio whose tier the number shares; a number in none is its own."""
+        return self.wa_portfolios.get(number, number)
+
+    def tier_for(self, number: str) -> int | None:
+        """Unique people the number's portfolio may reach outside a service window per moving
+        24 h; None is unlimited."""
+        return self.wa_tiers.get(self.portfolio_of(number), self.wa_tier_default)
+
+
+class ProducerSettings(WhatsAppSettings, frozen=True, kw_only=True):
     redis_url: str
     redis_cluster: str  # "auto", "true" or "false"
     api_tokens: dict[str, Secret]  # tenant -> token
@@ -85,15 +131,16 @@ class ProducerSettings(msgspec.Struct, frozen=True, kw_only=True):
     graph_proxy: str | None = None
 
     def owns(self, tenant: str, page_id: str) -> bool:
+        """Whether the tenant may send as this page or WhatsApp number."""
         return page_id in self.tenant_pages.get(tenant, frozenset())
 
     def unbound_pages(self) -> list[str]:
-        """Pages with a token that no tenant may use (worth a warning at start)."""
+        """Pages and numbers with a token that no tenant may use (worth a warning at start)."""
         bound = frozenset().union(*self.tenant_pages.values())
-        return sorted(self.page_ids - bound)
+        return sorted((self.page_ids | frozenset(self.wa_tokens)) - bound)
 
 
-class ConsumerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class ConsumerSettings(WhatsAppSettings, frozen=True, kw_only=True):
     redis_url: str
     redis_cluster: str
     page_tokens: dict[str, Secret]  # page_id -> token
@@ -187,12 +234,16 @@ class _Env:
         value = self._environ.get(name, "").strip()
         return Secret(value) if value else None
 
-    def rates(self, name: str) -> dict[str, int]:
+    def rates(self, name: str, what: str = "page", high: int | None = None) -> dict[str, int]:
         rates = {}
         for page, value in self.optional_pairs(name).items():
             if not value.reveal().isdigit():
-                raise SettingsError(f"{name}: the rate for page {page} is not a whole number")
+                raise SettingsError(f"{name}: the rate for {what} {page} is not a whole number")
             rates[page] = int(value.reveal())
+            if high is not None and rates[page] > high:
+                raise SettingsError(
+                    f"{name}: the rate for {what} {page} is out of range [0, {high}]"
+                )
         return rates
 
     def duration_s(self, name: str, default: str) -> int:
@@ -242,11 +293,16 @@ _TENANT_PAGES = "FANOUT_TENANT_PAGES"
 
 
 def _tenant_pages(
-    env: _Env, tenants: frozenset[str], page_ids: frozenset[str]
+    env: _Env,
+    tenants: frozenset[str],
+    page_ids: frozenset[str],
+    numbers: frozenset[str] = frozenset(),
 ) -> dict[str, frozenset[str]]:
-    """FANOUT_TENANT_PAGES (``tenant=page|page,...``): which tenant may send as which page.
+    """FANOUT_TENANT_PAGES (``tenant=page|page,...``): which tenant may send as which page or
+    WhatsApp number (``numbers``, from FANOUT_WA_NUMBERS; bound exactly like pages).
     Without it a lone tenant owns every page; with several, guessing would let one tenant send
     as another's page, so it is required."""
+    senders = page_ids | numbers
     text = env.raw(_TENANT_PAGES, "")
     if not text:
         if len(tenants) > 1:
@@ -254,7 +310,7 @@ def _tenant_pages(
                 f"{_TENANT_PAGES} is not set: with more than one tenant in FANOUT_API_TOKENS,"
                 " bind each page to its tenant (tenant=page|page,...)"
             )
-        return dict.fromkeys(tenants, page_ids)
+        return dict.fromkeys(tenants, senders)
     owner: dict[str, str] = {}
     bindings: dict[str, frozenset[str]] = {}
     for item in text.split(","):
@@ -267,9 +323,14 @@ def _tenant_pages(
         if tenant in bindings:
             raise SettingsError(f"{_TENANT_PAGES}: tenant {tenant!r} is named twice")
         for page in pages:
-            if page not in page_ids:
+            if page not in senders and not numbers:
                 raise SettingsError(
                     f"{_TENANT_PAGES}: page {page} has no token in FANOUT_PAGE_TOKENS"
+                )
+            if page not in senders:
+                raise SettingsError(
+                    f"{_TENANT_PAGES}: {page} has no token in FANOUT_PAGE_TOKENS"
+                    " or FANOUT_WA_NUMBERS"
                 )
             if owner.setdefault(page, tenant) != tenant:
                 raise SettingsError(
@@ -282,15 +343,17 @@ def _tenant_pages(
 def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSettings:
     env = _Env(os.environ if environ is None else environ)
     api_tokens = env.pairs("FANOUT_API_TOKENS", None)
-    page_tokens = env.pairs("FANOUT_PAGE_TOKENS", None)
+    wa = _whatsapp(env)
+    page_tokens = _page_tokens(env, wa)
     page_ids = frozenset(page_tokens)
     graph_url, version = _graph(env)
     return ProducerSettings(
+        **msgspec.structs.asdict(wa),
         redis_url=env.redis_url(),
         redis_cluster=env.redis_cluster(),
         api_tokens=api_tokens,
         page_ids=page_ids,
-        tenant_pages=_tenant_pages(env, frozenset(api_tokens), page_ids),
+        tenant_pages=_tenant_pages(env, frozenset(api_tokens), page_ids, frozenset(wa.wa_tokens)),
         shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
         chunk_size=env.integer("FANOUT_CHUNK_SIZE", 100, 1, 10_000),
         window=env.integer("FANOUT_WINDOW", 8, 1, 1000),
@@ -310,6 +373,69 @@ def producer_settings(environ: Mapping[str, str] | None = None) -> ProducerSetti
     )
 
 
+def _page_tokens(env: _Env, wa: WhatsAppSettings) -> dict[str, Secret]:
+    """FANOUT_PAGE_TOKENS: required, unless the deployment sends on WhatsApp only."""
+    if wa.wa_tokens:
+        return env.optional_pairs("FANOUT_PAGE_TOKENS")
+    return env.pairs("FANOUT_PAGE_TOKENS", None)
+
+
+_WA_NUMBERS = "FANOUT_WA_NUMBERS"
+_WA_PORTFOLIOS = "FANOUT_WA_PORTFOLIOS"
+_WA_TIERS = "FANOUT_WA_TIERS"
+
+
+def _whatsapp(env: _Env) -> WhatsAppSettings:
+    """FANOUT_WA_*: the numbers with their tokens, rates, pair interval, portfolios and tiers."""
+    tokens = env.optional_pairs(_WA_NUMBERS)
+    for number in tokens:
+        if not re.fullmatch(r"[0-9]{1,32}", number):
+            raise SettingsError(f"{_WA_NUMBERS}: {number!r} is not a phone_number_id (digits)")
+    return WhatsAppSettings(
+        wa_tokens=tokens,
+        wa_rate_limit=env.integer(
+            "FANOUT_WA_RATE_LIMIT", DEFAULT_WA_RATE_LIMIT, 0, WA_RATE_CEILING
+        ),
+        wa_rate_limits=env.rates("FANOUT_WA_RATE_LIMITS", "number", WA_RATE_CEILING),
+        wa_pair_interval_s=env.number(
+            "FANOUT_WA_PAIR_INTERVAL_S", DEFAULT_WA_PAIR_INTERVAL_S, 0.0, 86400.0
+        ),
+        wa_portfolios=_wa_portfolios(env),
+        wa_tiers={
+            name: _wa_tier(f"{_WA_TIERS}: {name}", value.reveal())
+            for name, value in env.optional_pairs(_WA_TIERS).items()
+        },
+        wa_tier_default=_wa_tier(
+            "FANOUT_WA_TIER_DEFAULT", env.raw("FANOUT_WA_TIER_DEFAULT", DEFAULT_WA_TIER)
+        ),
+    )
+
+
+def _wa_tier(name: str, text: str) -> int | None:
+    tier = text.strip().lower().replace("_", "").replace(",", "")
+    if tier not in WA_TIERS:
+        raise SettingsError(f"{name}={text!r} is not 250, 2000, 10000, 100000 or unlimited")
+    return WA_TIERS[tier]
+
+
+def _wa_portfolios(env: _Env) -> dict[str, str]:
+    """FANOUT_WA_PORTFOLIOS (``portfolio=number|number,...``): number -> its portfolio."""
+    text = env.raw(_WA_PORTFOLIOS, "")
+    portfolio_of: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        portfolio, sep, rest = (part.strip() for part in item.partition("="))
+        numbers = [number.strip() for number in rest.split("|")]
+        if not sep or not portfolio or not all(numbers):
+            raise SettingsError(f"{_WA_PORTFOLIOS}: {item!r} is not portfolio=number|number")
+        for number in numbers:
+            if portfolio_of.setdefault(number, portfolio) != portfolio:
+                raise SettingsError(
+                    f"{_WA_PORTFOLIOS}: number {number} is in both"
+                    f" {portfolio_of[number]!r} and {portfolio!r}"
+                )
+    return portfolio_of
+
+
 def _graph(env: _Env) -> tuple[str, str]:
     """FANOUT_GRAPH_URL and FANOUT_GRAPH_VERSION, checked."""
     graph_url = env.raw("FANOUT_GRAPH_URL", "https://graph.facebook.com").rstrip("/")
@@ -326,10 +452,12 @@ def consumer_settings(environ: Mapping[str, str] | None = None) -> ConsumerSetti
     claim_idle_ms = env.integer("FANOUT_CLAIM_IDLE_MS", 30_000, 100, 3_600_000)
     graph_url, version = _graph(env)
     name = env.raw("FANOUT_CONSUMER_NAME", f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    wa = _whatsapp(env)
     return ConsumerSettings(
+        **msgspec.structs.asdict(wa),
         redis_url=env.redis_url(),
         redis_cluster=env.redis_cluster(),
-        page_tokens=env.pairs("FANOUT_PAGE_TOKENS", None),
+        page_tokens=_page_tokens(env, wa),
         graph_url=graph_url,
         graph_version=version,
         shards=env.integer("FANOUT_SHARDS", 4, 1, 1024),
