@@ -121,6 +121,26 @@ def suppressions(page_id: str, bucket: int) -> str:
     return f"fanout:page:{{{page_id}}}:supp:{bucket}"
 
 
+def wa_displays() -> str:
+    """WhatsApp numbers by display number (a hash display digits -> phone_number_id), learned
+    from webhook metadata: Meta's quality events name a number only by its display number."""
+    return "fanout:wa:displays"
+
+
+def wa_pair(number: str, to: str) -> str:
+    """WhatsApp's pair limit: held while a message from the number to the person ``to`` is in
+    flight or within the pair interval of its answer (services/consumer/pairs.py). In the
+    number's slot."""
+    return f"fanout:wa:{{{number}}}:pair:{to}"
+
+
+def wa_reached(portfolio: str) -> str:
+    """The people a business portfolio reached outside a service window (a zset: digits -> ms
+    of the latest such send); its messaging tier caps how many within a moving 24 h
+    (services/consumer/reach.py). A number in no portfolio is its own (named by its id)."""
+    return f"fanout:wa:{{{portfolio}}}:reached"
+
+
 def new_job_id(shard: int) -> str:
     return f"{shard}-{secrets.token_hex(12)}"
 
@@ -156,6 +176,9 @@ class JobKeys(msgspec.Struct, frozen=True):
     # sent/failed per second for the last hour (a ring of 3,600 fields) and per minute over
     # the job's life: the job page's chart (record_answers.lua, services/producer/series.py)
     series: str = ""
+    # WhatsApp: recipients a ``failed`` status webhook was received for (the send was accepted,
+    # so not a ledger failure); the job's ``undelivered`` counts those not also delivered
+    undelivered: str = ""
 
     @classmethod
     def of(cls, job_id: str) -> JobKeys:
@@ -184,6 +207,7 @@ class JobKeys(msgspec.Struct, frozen=True):
             dead=dead_stream(shard),
             delivered=f"{base}:delivered",
             read=f"{base}:read",
+            undelivered=f"{base}:undelivered",
             upload=f"{base}:upload",
             series=f"{base}:series",
         )
