@@ -233,6 +233,10 @@ class Stack:
         return "\n".join(f"===== {p.name}\n{p.output()[-4000:]}" for p in self.procs)
 
     def stop(self) -> None:
+        # Consumers drain side by side (each may wait out FANOUT_DRAIN_S for held chunks):
+        # signalled together, the teardown costs the longest drain, not their sum.
+        for consumer in self.consumers:
+            consumer.signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             proc.stop()
         if self.fake is not None:
