@@ -25,7 +25,7 @@ Sources (read 2026; see notes/messenger-2026.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -370,20 +370,30 @@ class RenderError(Exception):
         self.field = field  # as ``message.attachment.payload.elements[0].title``
 
 
-class Personalised:
+M = TypeVar("M", bound=msgspec.Struct)
+
+
+class Personalised(Generic[M]):
     """A message with its placeholders parsed once; ``render()`` fills them per recipient.
 
     Placeholders may sit in any string (text, titles, URLs, payloads, template parameters).
     Limits apply to the message as written at submit and again to each filled message.
+    Any message Struct works (Messenger's ``Message``, WhatsApp's): a filled one is checked
+    against its own type's limits.
     """
 
-    __slots__ = ("_text", "_tree", "names", "required", "templates")
+    __slots__ = ("_text", "_tree", "_type", "names", "required", "templates")
 
-    def __init__(self, message: Message) -> None:
+    def __init__(self, message: M) -> None:
         self.templates: list[tuple[str, Template]] = []
+        self._type: type[M] = type(message)
         self._tree = self._compile(msgspec.to_builtins(message), "message")
-        # A text alone (the common case) skips the tree: one join, one length check.
-        only_text = message.text is not None and message.quick_replies is None
+        # A Messenger text alone (the common case) skips the tree: one join, one length check.
+        only_text = (
+            isinstance(message, Message)
+            and message.text is not None
+            and message.quick_replies is None
+        )
         self._text = self.templates[0][1] if only_text and self.templates else None
         self.names = sorted({n for _, t in self.templates for n in t.names})
         self.required = sorted({n for _, t in self.templates for n in t.required})
@@ -420,15 +430,16 @@ class Personalised:
         """The path of the first string that uses placeholder ``name``."""
         return next((p for p, t in self.templates if name in t.names), "message")
 
-    def render(self, values: Mapping[str, str]) -> Message:
+    def render(self, values: Mapping[str, str]) -> M:
         """The message filled for one recipient; RenderError if it breaks a limit once filled."""
         filled = _fill(self._tree, values)
         try:
-            return msgspec.convert(filled, Message)
+            return msgspec.convert(filled, self._type)
         except msgspec.ValidationError as exc:
             text = str(exc)
             path = text.rpartition(" - at `$")[2].rstrip("`") if " - at `$" in text else ""
-            code = "text_too_long" if path == ".text" else "invalid_message"
+            # Messenger's text, WhatsApp's text.body
+            code = "text_too_long" if path in (".text", ".text.body") else "invalid_message"
             raise RenderError(code, f"the personalised message: {text}", f"message{path}") from None
 
     def render_json(self, values: Mapping[str, str]) -> bytes:
