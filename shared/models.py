@@ -142,6 +142,12 @@ class JobView(msgspec.Struct, kw_only=True):
     # wired to webhooks reports none). Read implies delivered.
     delivered: int = 0
     read: int = 0
+    # WhatsApp: recipients whose send Meta accepted but then reported ``failed`` in a status
+    # webhook, and no device reported delivered (in sent; the error is in the job's errors)
+    undelivered: int = 0
+    # WhatsApp: delivered messages Meta said are billable, by pricing category (per-message
+    # pricing charges delivered messages)
+    billable: dict[str, int] = {}
     # What the message is: text, image, video, audio, file, button_template, generic_template,
     # media_template, customer_feedback_template or utility_template.
     message_kind: str = "text"

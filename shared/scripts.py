@@ -48,3 +48,4 @@ class Scripts:
         self.receipt_echo: AsyncScript = redis.register_script(_read("receipt_echo"))
         self.receipt_mark: AsyncScript = redis.register_script(_read("receipt_mark"))
         self.receipt_flip: AsyncScript = redis.register_script(_source("receipt_flip"))
+        self.wa_status: AsyncScript = redis.register_script(_source("wa_status"))

@@ -12,6 +12,9 @@ idempotently, so an entry handled twice (a retry by Meta, a reclaim) changes not
   messaging_policy_enforcement       "block": every job of the page paused fleet-wide with
                                      Meta's reason, new jobs 409 (the 10/1893063 path)
 
+An entry marked ``c=whatsapp`` holds a WhatsApp Cloud API batch: services/consumer/wa_events.py
+applies it (statuses, inbound messages, quality changes), with the same guarantees.
+
 Only then is the entry acknowledged and deleted. A body that is not Meta's JSON cannot have
 passed the receiver; should one appear, it is logged and dropped, never retried forever.
 """
@@ -25,13 +28,16 @@ from redis.asyncio import Redis
 
 from services.consumer.engine import HAND_BACK_IDLE_MS, Engine, Entry
 from services.consumer.receipts import Receipts
+from services.consumer.wa_events import WhatsAppEvents
 from shared import audit, control, keys, metrics, webhooks, window
+from shared.providers.whatsapp_webhooks import CHANNEL
 from shared.scripts import Scripts
 
 log = logging.getLogger("fanout.consumer")
 
 MAX_IN_FLIGHT = 32  # inbox entries handled at once per consumer
 _REASON_MAX = 300
+_WHATSAPP = CHANNEL.encode()  # the entry's channel field (absent: Messenger)
 
 
 class InboxEvents:
@@ -48,6 +54,7 @@ class InboxEvents:
         self.scripts = scripts
         self.streams = [keys.inbox(shard) for shard in range(shards)]
         self.receipts = Receipts(redis, scripts, keep_s)
+        self.whatsapp = WhatsAppEvents(redis, scripts)
         self.engine: Engine | None = None  # set by whoever builds the engine around us
 
     def room(self, held: int) -> int:
@@ -64,15 +71,19 @@ class InboxEvents:
             await self.scripts.settle(keys=[entry.stream], args=[self.group, entry.entry_id])
             return
         try:
-            notification = webhooks.notification_decoder.decode(body)
+            if entry.fields.get(b"c") == _WHATSAPP:
+                await self.whatsapp.apply(body)
+            else:
+                await self._messenger(webhooks.notification_decoder.decode(body))
         except msgspec.MsgspecError as exc:
             log.error("inbox entry is not Meta's JSON; dropped", extra={"error": str(exc)})
-        else:
-            events = [m for e in notification.entry for m in e.messaging]
-            events.sort(key=lambda m: m.timestamp)
-            for event in events:
-                await self.apply(event)
         await self.scripts.settle(keys=[entry.stream], args=[self.group, entry.entry_id])
+
+    async def _messenger(self, notification: webhooks.Notification) -> None:
+        events = [m for e in notification.entry for m in e.messaging]
+        events.sort(key=lambda m: m.timestamp)
+        for event in events:
+            await self.apply(event)
 
     async def hand_back(self, entries: list[Entry]) -> None:
         if self.engine is not None and entries:

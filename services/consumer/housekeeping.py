@@ -67,7 +67,7 @@ async def sweep(redis: Redis, scripts: Scripts, shards: int, retention_s: int) -
                 keys=[
                     *(k.hash, k.backlog, k.attempted, k.sent, k.failed, k.indoubt, k.errors),
                     *(k.ended, k.stats, index, k.delivered, k.read),
-                    *(k.skipped, k.fallback, k.skips, k.series),
+                    *(k.skipped, k.fallback, k.skips, k.series, k.undelivered),
                 ],
                 args=[k.job_id],
             )

@@ -36,6 +36,7 @@ from services.producer import (
     testsend,
     upload,
     webhooks,
+    whatsapp,
 )
 from services.producer.common import (
     State,
@@ -82,7 +83,9 @@ async def submit_job(request: Request) -> Response:
         body = await intake.read_body(request, state.settings.max_body)
         if testsend.is_test(body):
             return await testsend.send(request, body, tenant)
-        if len(body) > _THREAD_ABOVE_BYTES:
+        if whatsapp.is_whatsapp(body):
+            prepared = await whatsapp.prepare_json(state.redis, state.settings, body, tenant, key)
+        elif len(body) > _THREAD_ABOVE_BYTES:
             prepared = await asyncio.to_thread(
                 _parse_and_prepare, body, state.settings, tenant, key
             )
@@ -276,6 +279,8 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         Route("/v1/jobs/{job_id}/cancel", lifecycle.cancel_job, methods=["POST"]),
         Route("/webhooks/messenger", webhooks.verify, methods=["GET"]),
         Route("/webhooks/messenger", webhooks.receive, methods=["POST"]),
+        Route("/webhooks/whatsapp", webhooks.verify_whatsapp, methods=["GET"]),
+        Route("/webhooks/whatsapp", webhooks.receive_whatsapp, methods=["POST"]),
         Route("/v1/pages/{page_id}/suppressions", people.list_suppressions, methods=["GET"]),
         Route("/v1/pages/{page_id}/suppressions", people.add_suppressions, methods=["POST"]),
         Route(

@@ -274,7 +274,8 @@ def build() -> dict[str, Any]:
             "/v1/jobs/{job_id}/cancel": {"post": control("cancelJob")},
             **_people(page),
             **_health(),
-            "/webhooks/messenger": _webhooks(),
+            "/webhooks/messenger": _webhooks("Messenger", "a Messenger (page)"),
+            "/webhooks/whatsapp": _webhooks("WhatsApp", "a WhatsApp (whatsapp_business_account)"),
         },
     }
 
@@ -326,19 +327,23 @@ def _people(page: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _webhooks() -> dict[str, Any]:
+def _webhooks(channel: str, notification: str) -> dict[str, Any]:
     """Meta calls these (no bearer token): the verify token and the app secret authenticate.
-    https://developers.facebook.com/documentation/business-messaging/messenger-platform/webhooks"""
+    https://developers.facebook.com/documentation/business-messaging/messenger-platform/webhooks
+    https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/create-webhook-endpoint"""
     text = {"type": "string"}
     query = [
         {"name": name, "in": "query", "schema": text}
         for name in ("hub.mode", "hub.verify_token", "hub.challenge")
     ]
-    verify = _public("verifyMessengerWebhook", "hub.challenge, echoed", "text/plain", text)
+    verify = _public(f"verify{channel}Webhook", "hub.challenge, echoed", "text/plain", text)
     verify["parameters"] = query
     verify["responses"]["403"] = _answer("ErrorResponse", "hub.verify_token does not match")
     receive = _public(
-        "receiveMessengerWebhook", "EVENT_RECEIVED: the batch is durably queued", "text/plain", text
+        f"receive{channel}Webhook",
+        "EVENT_RECEIVED: the batch is durably queued",
+        "text/plain",
+        text,
     )
     receive["parameters"] = [
         {
@@ -357,7 +362,7 @@ def _webhooks() -> dict[str, Any]:
         "400": "not JSON",
         "401": "X-Hub-Signature-256 missing or wrong (SHA-1 alone counts as missing)",
         "413": "over 1 MiB",
-        "422": "not a Messenger (page) notification",
+        "422": f"not {notification} notification",
     }
     for code, why in refusals.items():
         receive["responses"][code] = _answer("ErrorResponse", f"{why}; nothing recorded")

@@ -1,5 +1,7 @@
 """Meta's webhooks in: ``GET /webhooks/messenger`` answers Meta's subscription check,
-``POST /webhooks/messenger`` takes signed event batches.
+``POST /webhooks/messenger`` takes signed event batches; ``GET|POST /webhooks/whatsapp`` the
+same for the WhatsApp Cloud API (same app secret and verify token; its entries carry
+``c=whatsapp``).
 
 A POST is answered 200 once its raw bytes are in the page's inbox stream (and, on a cluster,
 on a replica), never after processing them: the consumers' stream engine does that
@@ -7,7 +9,8 @@ on a replica), never after processing them: the consumers' stream engine does th
 read, a missing or wrong ``X-Hub-Signature-256`` (the SHA-1 ``X-Hub-Signature`` alone counts as
 none) is 401, a signed body that is not Meta's JSON is 400. Meta calls these routes, so no
 bearer token; the app secret is the authentication.
-Source: https://developers.facebook.com/documentation/business-messaging/messenger-platform/webhooks
+Sources: https://developers.facebook.com/documentation/business-messaging/messenger-platform/webhooks
+and https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/create-webhook-endpoint
 """
 
 from __future__ import annotations
@@ -22,15 +25,27 @@ from starlette.responses import PlainTextResponse, Response
 from services.producer.common import state_of
 from shared import keys, webhooks
 from shared.errors import ApiError
+from shared.providers import whatsapp_webhooks
 from shared.redisconn import replicated
 
 log = logging.getLogger("fanout.producer")
+_MESSENGER = "/webhooks/messenger"
+_WHATSAPP = "/webhooks/whatsapp"
 _TOO_LARGE = ApiError(413, "body_too_large", f"a webhook body is at most {webhooks.MAX_BODY} bytes")
 
 
 async def verify(request: Request) -> Response:
     """Meta's subscription check: echo ``hub.challenge`` when the verify token matches."""
-    request.scope["fanout.route"] = "/webhooks/messenger"
+    return _verify(request, _MESSENGER)
+
+
+async def verify_whatsapp(request: Request) -> Response:
+    """The same check for the WhatsApp product's callback URL (one verify token for both)."""
+    return _verify(request, _WHATSAPP)
+
+
+def _verify(request: Request, route: str) -> Response:
+    request.scope["fanout.route"] = route
     params = request.query_params
     expected = state_of(request).settings.webhook_verify_token
     given = params.get("hub.verify_token", "")
@@ -49,7 +64,53 @@ async def verify(request: Request) -> Response:
 
 
 async def receive(request: Request) -> Response:
-    request.scope["fanout.route"] = "/webhooks/messenger"
+    body = await _signed(request, _MESSENGER)
+    state = state_of(request)
+    try:
+        notification = webhooks.head_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from None
+    if notification.object != "page":
+        raise ApiError(422, "invalid_field", 'object must be "page" (Messenger)', "object")
+    shard = webhooks.inbox_shard(webhooks.page_of(notification), state.settings.shards)
+    await _append(request, shard, {"b": body})
+    return PlainTextResponse("EVENT_RECEIVED")
+
+
+async def receive_whatsapp(request: Request) -> Response:
+    """A WhatsApp Cloud API batch: checked as Messenger's, kept in the same inbox with its
+    channel noted (services/consumer/wa_events.py applies it). The shard follows the WhatsApp
+    Business Account, so one account's statuses share a stream."""
+    body = await _signed(request, _WHATSAPP)
+    state = state_of(request)
+    try:
+        head = whatsapp_webhooks.head_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from None
+    if head.object != whatsapp_webhooks.OBJECT:
+        message = f'object must be "{whatsapp_webhooks.OBJECT}" (WhatsApp)'
+        raise ApiError(422, "invalid_field", message, "object")
+    account = head.entry[0].id if head.entry else ""
+    shard = webhooks.inbox_shard(account, state.settings.shards)
+    await _append(request, shard, {"b": body, "c": whatsapp_webhooks.CHANNEL})
+    return PlainTextResponse("EVENT_RECEIVED")
+
+
+async def _append(request: Request, shard: int, fields: dict[str, bytes | str]) -> None:
+    """Into the shard's inbox, answered only once a replica has it too (on a cluster)."""
+    redis = state_of(request).redis
+    stream = keys.inbox(shard)
+    await redis.xadd(stream, fields)  # type: ignore[arg-type]  # redis-py's FieldT is invariant
+    await replicated(redis, stream)
+
+
+async def _signed(request: Request, route: str) -> bytes:
+    """The raw body, once its ``X-Hub-Signature-256`` holds for the app secret (else 401)."""
+    request.scope["fanout.route"] = route
     state = state_of(request)
     body = await _read(request)
     secret = state.settings.app_secret
@@ -60,19 +121,7 @@ async def receive(request: Request) -> Response:
         else:
             message = "X-Hub-Signature-256 is missing or does not match the app secret"
         raise ApiError(401, "bad_signature", message, webhooks.SIGNATURE_HEADER)
-    try:
-        notification = webhooks.head_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
-    except msgspec.ValidationError as exc:
-        raise ApiError(422, "invalid_field", str(exc)) from None
-    if notification.object != "page":
-        raise ApiError(422, "invalid_field", 'object must be "page" (Messenger)', "object")
-    shard = webhooks.inbox_shard(webhooks.page_of(notification), state.settings.shards)
-    stream = keys.inbox(shard)
-    await state.redis.xadd(stream, {"b": body})
-    await replicated(state.redis, stream)
-    return PlainTextResponse("EVENT_RECEIVED")
+    return body
 
 
 async def _read(request: Request) -> bytes:

@@ -1,0 +1,356 @@
+"""WhatsApp webhooks in (issue 17, item 5): ``/webhooks/whatsapp`` driven over HTTP with bodies
+signed as Meta signs them, processed by a real consumer on a real redis-server.
+
+Payloads as Meta documents them:
+https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages/status/
+(statuses), .../webhooks/reference/messages (inbound messages) and
+.../webhooks/reference/phone_number_quality_update (quality changes).
+
+The status test replays a generated set with a known truth (who was delivered, who read, who
+failed on one device and was delivered on another), shuffled and with duplicates, and checks the
+job's counts equal that truth exactly, then replays it all again and checks nothing moved.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from conftest import Stack, wait_for
+
+from shared import keys, webhooks, window
+
+SECRET = "app-secret-0123456789abcdef"
+VERIFY = "verify-token-0123456789"
+HOOK = "/webhooks/whatsapp"
+NUMBER = "106540352242922"  # a phone_number_id, as Meta's examples spell them
+DISPLAY = "15550783881"
+WABA = "102290129340398"
+
+
+def _person(i: int) -> str:
+    return str(447700900000 + i)
+
+
+def _notification(
+    statuses: list[dict[str, Any]] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    number: str = NUMBER,
+) -> dict[str, Any]:
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": DISPLAY, "phone_number_id": number},
+    }
+    if statuses is not None:
+        value["statuses"] = statuses
+    if messages is not None:
+        value["contacts"] = [{"profile": {"name": "Kerry"}, "wa_id": m["from"]} for m in messages]
+        value["messages"] = messages
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "changes": [{"value": value, "field": "messages"}]}],
+    }
+
+
+def _quality(event: str, display: str = DISPLAY) -> dict[str, Any]:
+    value = {"display_phone_number": display, "event": event, "current_limit": "TIER_250"}
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": WABA,
+                "time": int(time.time()),
+                "changes": [{"value": value, "field": "phone_number_quality_update"}],
+            }
+        ],
+    }
+
+
+def _status(job_id: str, pos: int, status: str, ts: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"wamid.HBgL{job_id[-8:]}{pos:06d}",
+        "status": status,
+        "timestamp": str(ts),
+        "recipient_id": _person(pos),
+        "biz_opaque_callback_data": webhooks.metadata(job_id, pos),
+        **extra,
+    }
+
+
+def _pricing(category: str = "marketing") -> dict[str, Any]:
+    return {"billable": True, "pricing_model": "PMP", "type": "regular", "category": category}
+
+
+def _failed(code: int = 131026) -> list[dict[str, Any]]:
+    return [
+        {
+            "code": code,
+            "title": "Message undeliverable",
+            "message": "Message undeliverable",
+            "error_data": {"details": "Message Undeliverable."},
+        }
+    ]
+
+
+def _post(api: httpx.Client, payload: dict[str, Any], secret: str = SECRET) -> httpx.Response:
+    # json.dumps escapes non-ASCII as \\uXXXX: the form Meta signs.
+    body = json.dumps(payload).encode()
+    return api.post(
+        HOOK,
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": webhooks.sign(secret, body),
+        },
+    )
+
+
+def _inbox_total(r: redis.Redis, shards: int = 2) -> int:
+    return sum(int(r.xlen(keys.inbox(s))) for s in range(shards))
+
+
+def _job(r: redis.Redis, total: int, number: str = NUMBER, shard: int = 0) -> str:
+    """A running WhatsApp job of the number as the ledger holds it (the sends are not what
+    these tests are about)."""
+    job_id = keys.new_job_id(shard)
+    k = keys.JobKeys.of(job_id)
+    fields = {
+        "total": total,
+        "status": "running",
+        "page_id": number,
+        "channel": "whatsapp",
+        "tenant": "acme",
+    }
+    r.hset(k.hash, mapping=fields)
+    r.hincrby(k.stats, "running", 1)
+    r.zadd(keys.page_jobs(number), {job_id: int(time.time() * 1000)})
+    return job_id
+
+
+def _counts(r: redis.Redis, job_id: str) -> dict[str, int]:
+    raw = r.hgetall(keys.JobKeys.of(job_id).hash)
+    names = ("delivered", "read", "undelivered", "sent", "failed", "skipped")
+    return {n: int(raw.get(n.encode(), 0)) for n in names}
+
+
+@pytest.fixture
+def hearing(stack: Stack) -> Iterator[Stack]:
+    stack.env["FANOUT_APP_SECRET"] = SECRET
+    stack.env["FANOUT_WEBHOOK_VERIFY_TOKEN"] = VERIFY
+    yield stack
+
+
+def test_verification_and_refusals_as_for_messenger(hearing: Stack) -> None:
+    api = hearing.start_producer()
+    ok = api.get(
+        HOOK, params={"hub.mode": "subscribe", "hub.verify_token": VERIFY, "hub.challenge": "7y"}
+    )
+    assert (ok.status_code, ok.text) == (200, "7y")
+    wrong = api.get(
+        HOOK, params={"hub.mode": "subscribe", "hub.verify_token": "nope", "hub.challenge": "1"}
+    )
+    assert wrong.status_code == 403
+    assert wrong.json()["error"]["field"] == "hub.verify_token"
+    assert VERIFY not in wrong.text
+    api.headers.pop("Authorization")  # Meta sends no bearer token
+    payload = _notification(statuses=[])
+    bad = _post(api, payload, secret="another-secret")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (401, "bad_signature")
+    unsigned = api.post(HOOK, content=json.dumps(payload).encode())
+    assert unsigned.status_code == 401
+    assert SECRET not in bad.text + unsigned.text
+    not_json = b"{not json"
+    refused = api.post(
+        HOOK, content=not_json, headers={"X-Hub-Signature-256": webhooks.sign(SECRET, not_json)}
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (400, "invalid_json")
+    # A Messenger body on the WhatsApp route (and the reverse) is refused, naming the field.
+    page = _post(api, {"object": "page", "entry": [{"id": "1001", "messaging": []}]})
+    assert (page.status_code, page.json()["error"]["field"]) == (422, "object")
+    body = json.dumps(payload).encode()
+    other_way = api.post(
+        "/webhooks/messenger",
+        content=body,
+        headers={"X-Hub-Signature-256": webhooks.sign(SECRET, body)},
+    )
+    assert (other_way.status_code, other_way.json()["error"]["field"]) == (422, "object")
+    assert _inbox_total(hearing.r) == 0
+    good = _post(api, payload)
+    assert (good.status_code, good.text) == (200, "EVENT_RECEIVED")
+    stored = [e[1] for s in range(2) for e in hearing.r.xrange(keys.inbox(s))]
+    assert stored == [{b"b": body, b"c": b"whatsapp"}]  # the raw bytes, channel noted
+
+
+def _truth(job_id: str, people: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every status Meta would send for a job's people, each person's fate drawn at random, and
+    what the job must count once all of them are in."""
+    rng = random.Random(seed)
+    base = int(time.time())
+    statuses: list[dict[str, Any]] = []
+    fates = {"nothing": 0, "sent": 0, "delivered": 0, "read": 0, "failed": 0, "multi": 0}
+    for pos in range(people):
+        fate = rng.choice(
+            ["nothing", "sent", "delivered", "delivered", "read", "read", "failed", "multi"]
+        )
+        fates[fate] += 1
+        t = base + pos
+        if fate != "nothing" and fate != "failed":
+            statuses.append(_status(job_id, pos, "sent", t, pricing=_pricing()))
+        if fate in ("delivered", "multi") or (fate == "read" and rng.random() < 0.5):
+            # Meta skips 'delivered' when a message is read at once: half the readers here.
+            statuses.append(_status(job_id, pos, "delivered", t + 1, pricing=_pricing()))
+        if fate == "read":
+            statuses.append(_status(job_id, pos, "read", t + 2, pricing=_pricing()))
+        if fate in ("failed", "multi"):
+            # multi: one device failed, another was delivered (in either order).
+            statuses.append(_status(job_id, pos, "failed", t + 3, errors=_failed()))
+    expected = {
+        "delivered": fates["delivered"] + fates["read"] + fates["multi"],
+        "read": fates["read"],
+        "undelivered": fates["failed"],
+        "failed_statuses": fates["failed"] + fates["multi"],
+        "billable": fates["delivered"] + fates["read"] + fates["multi"],
+    }
+    return statuses, expected
+
+
+def _replay(api: httpx.Client, statuses: list[dict[str, Any]], seed: int) -> int:
+    """POST the statuses shuffled, about a third of them twice, in batches of 1 to 10."""
+    rng = random.Random(seed)
+    events = statuses + [s for s in statuses if rng.random() < 0.3]
+    rng.shuffle(events)
+    posts = 0
+    while events:
+        size = rng.randint(1, 10)
+        batch, events = events[:size], events[size:]
+        answer = _post(api, _notification(statuses=batch))
+        assert answer.status_code == 200, answer.text
+        posts += 1
+    return posts
+
+
+def test_statuses_shuffled_and_duplicated_count_exactly_the_truth(hearing: Stack) -> None:
+    api = hearing.start_producer()
+    api.headers.pop("Authorization")
+    hearing.start_consumer("c1")
+    r = hearing.r
+    people = 600
+    job_id = _job(r, people)
+    other = _job(r, 10, number="999000111")  # another number's job, same positions
+    statuses, expected = _truth(job_id, people, seed=17)
+    # A status whose metadata names the other number's job cannot touch it.
+    stray = _status(other, 3, "read", int(time.time()))
+    _replay(api, [*statuses, stray], seed=1)
+
+    def settled() -> dict[str, int] | None:
+        counts = _counts(r, job_id)
+        quiet = _inbox_total(r) == 0
+        want = {k: expected[k] for k in ("delivered", "read", "undelivered")}
+        got = {k: counts[k] for k in want}
+        return counts if quiet and got == want else None
+
+    counts = wait_for(settled, 30, "delivered/read/undelivered to equal the truth")
+    # The sends' own outcome is the ledger's: receipts never touch sent/failed/skipped.
+    assert (counts["sent"], counts["failed"], counts["skipped"]) == (0, 0, 0)
+    assert _counts(r, other)["read"] == 0
+    k = keys.JobKeys.of(job_id)
+    assert r.bitcount(k.delivered) == expected["delivered"]
+    assert r.bitcount(k.read) == expected["read"]
+    # Read implies delivered: no read bit without its delivered bit.
+    r.bitop("AND", "test:both", k.read, k.delivered)
+    assert r.bitcount("test:both") == expected["read"]
+    # Each failed status recorded once, with Meta's code, whatever the duplicates.
+    errors = r.xrange(k.errors)
+    assert len(errors) == expected["failed_statuses"]
+    assert {e[1][b"code"] for e in errors} == {b"131026"}
+    assert all(b"Message undeliverable" in e[1][b"message"] for e in errors)
+    assert r.hget(k.hash, "billable:marketing") == str(expected["billable"]).encode()
+    for shard in range(2):
+        assert r.xpending(keys.inbox(shard), keys.INBOX_GROUP)["pending"] == 0
+
+    # Meta retries everything once more, in another order: nothing moves.
+    _replay(api, statuses, seed=2)
+    wait_for(lambda: _inbox_total(r) == 0, 30, "the replay to be processed")
+    assert _counts(r, job_id) == counts
+    assert len(r.xrange(k.errors)) == expected["failed_statuses"]
+
+
+def test_inbound_messages_open_the_service_window(hearing: Stack) -> None:
+    api = hearing.start_producer()
+    api.headers.pop("Authorization")
+    hearing.start_consumer("c1")
+    people = [_person(i) for i in range(5)]
+    now = int(time.time())
+    messages = [
+        {
+            "from": p,
+            "id": f"wamid.in{i}",
+            "timestamp": str(now - i),
+            "type": "text",
+            "text": {"body": "hi"},
+        }
+        for i, p in enumerate(people)
+    ]
+    # An older message from the first person, arriving last, must not move the window back.
+    older = {**messages[0], "id": "wamid.old", "timestamp": str(now - 3600)}
+    assert _post(api, _notification(messages=messages)).status_code == 200
+    assert _post(api, _notification(messages=[older])).status_code == 200
+    stranger = _person(99)
+
+    def seen() -> list[int | None] | None:
+        if _inbox_total(hearing.r) != 0:
+            return None
+        found = _last_interactions(hearing, NUMBER, [*people, stranger])
+        return found if None not in found[:-1] else None
+
+    found = wait_for(seen, 20, "every inbound person's last interaction")
+    assert found == [now - i for i in range(5)] + [None]
+    # The window is the number's: the same people have none with another number.
+    assert _last_interactions(hearing, "999000111", people) == [None] * 5
+
+
+def _last_interactions(stack: Stack, number: str, people: list[str]) -> list[int | None]:
+    pipe = stack.r.pipeline(transaction=False)
+    for p in people:
+        for key in window.bucket_keys(number, p):
+            pipe.hget(key, p)
+    return window.newest(pipe.execute())
+
+
+def test_quality_downgrade_pauses_the_numbers_jobs_with_the_reason(hearing: Stack) -> None:
+    api = hearing.start_producer()
+    api.headers.pop("Authorization")
+    hearing.start_consumer("c1")
+    r = hearing.r
+    job_id = _job(r, 100)
+    elsewhere = _job(r, 100, number="999000111")
+    # Meta names the number by its display number only: before any webhook named both, a
+    # downgrade cannot be placed (logged), and an upgrade never pauses anything.
+    assert _post(api, _quality("DOWNGRADE", display="+1 555 000 0000")).status_code == 200
+    assert _post(api, _notification(statuses=[])).status_code == 200
+    wait_for(
+        lambda: r.hget(keys.wa_displays(), DISPLAY) == NUMBER.encode(),
+        20,
+        "the display number to be learned",
+    )
+    assert _post(api, _quality("UPGRADE")).status_code == 200
+    wait_for(lambda: _inbox_total(r) == 0, 20, "the events to be processed")
+    assert r.hget(keys.JobKeys.of(job_id).hash, "status") == b"running"
+
+    assert _post(api, _quality("DOWNGRADE")).status_code == 200
+    wait_for(
+        lambda: r.hget(keys.JobKeys.of(job_id).hash, "status") == b"paused",
+        20,
+        "the number's job to be paused",
+    )
+    reason = r.hget(keys.JobKeys.of(job_id).hash, "reason").decode()
+    said = f"Meta downgraded WhatsApp number {NUMBER} (messaging limit now TIER_250)"
+    assert reason == f"number_quality: {said}"
+    assert r.hget(keys.page_state(NUMBER), "restricted") == b"1"  # its new jobs are refused
+    assert r.hget(keys.JobKeys.of(elsewhere).hash, "status") == b"running"
