@@ -18,9 +18,19 @@ class FanoutError(Exception):
 class ApiError(FanoutError):
     """A request the producer refuses; nothing has been written for it."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        # More named values beside code, message and field in the JSON error (e.g. a
+        # WhatsApp tier refusal's can_send_now), for a client to act on without parsing text.
+        self.details = details

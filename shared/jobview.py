@@ -4,7 +4,7 @@ and the completion callback all show exactly this."""
 from __future__ import annotations
 
 import time
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -115,7 +115,20 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         skipped_reasons=_skipped_reasons(h),
         max_failure_rate=float(h.get("max_failure_rate") or 0.2),
         auto_paused=bool(h.get("auto_paused")),
+        **_channel(h),
     )
+
+
+def _channel(h: dict[str, bytes]) -> dict[str, Any]:
+    """The job's channel (absent: messenger) and, for WhatsApp, its number and tier choice."""
+    if h.get("channel") != b"whatsapp":
+        return {}
+    tier = h.get("tier")
+    return {
+        "channel": "whatsapp",
+        "phone_number_id": h["page_id"].decode(),
+        "tier": "spread" if tier == b"spread" else "refuse",
+    }
 
 
 async def load(redis: Redis, job_id: str) -> tuple[str, JobView] | None:

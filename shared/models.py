@@ -15,10 +15,18 @@ from msgspec import Meta
 # Meta's message object and the lane rules live in shared.messages; re-exported for callers.
 from shared.messages import MAX_TEXT, Message, MessageTag, MessagingType
 
-__all__ = ["MAX_TEXT", "Message", "MessageTag", "MessagingType"]
+# After shared.messages: shared.providers (imported here first) takes Message from this module.
+from shared.providers.whatsapp_message import WhatsAppMessage
+
+__all__ = ["MAX_TEXT", "Message", "MessageTag", "MessagingType", "WhatsAppMessage"]
 
 Psid = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
 PageId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+PhoneNumberId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[0-9]+$")]
+# E.164 with or without its "+", checked by the producer so the error names the row
+# (services/producer/whatsapp.py); stored and sent as digits only.
+PhoneNumber = Annotated[str, Meta(min_length=1, max_length=64)]
+Channel = Literal["messenger", "whatsapp"]
 JobStatusName = Literal[
     "scheduled", "pending", "running", "paused", "completed", "failed", "cancelled"
 ]
@@ -28,6 +36,8 @@ class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A job without its recipients: the ``spec`` part of a multipart upload."""
 
     page_id: PageId
+    # A WhatsApp job is a WhatsAppUploadSpec (services/producer/whatsapp.py routes by channel).
+    channel: Literal["messenger"] = "messenger"
     message: Message
     messaging_type: MessagingType
     tag: MessageTag | None = None
@@ -50,6 +60,29 @@ class UploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class JobRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
     recipients: Annotated[list[Psid], Meta(min_length=1)]
+
+
+class WhatsAppUploadSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A WhatsApp job without its recipients. No messaging_type, tag, window or fallback:
+    WhatsApp has no lanes; a template reaches people outside the 24-hour window, a text does
+    not (Meta answers 131047, recorded as the recipient's failure)."""
+
+    channel: Literal["whatsapp"]
+    phone_number_id: PhoneNumberId  # the sender, in place of page_id
+    message: WhatsAppMessage
+    metadata: dict[str, Any] | None = None
+    send_at: Annotated[str, Meta(max_length=64)] | None = None  # ISO 8601 with a time zone
+    callback_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    suppress: bool = True
+    max_failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.2
+    # The portfolio's messaging tier (unique people reached outside a service window per
+    # moving 24 h): "refuse" answers 422 when the job's template would reach more people than
+    # are left; "spread" accepts it, and dispatch sends as room returns.
+    tier: Literal["refuse", "spread"] = "refuse"
+
+
+class WhatsAppJobRequest(WhatsAppUploadSpec, forbid_unknown_fields=True, kw_only=True):
+    recipients: Annotated[list[PhoneNumber], Meta(min_length=1)]
 
 
 MAX_TEST_RECIPIENTS = 10
@@ -88,6 +121,12 @@ class CheckRequest(UploadSpec, forbid_unknown_fields=True, kw_only=True):
     recipients: Annotated[list[Psid], Meta(min_length=1, max_length=MAX_CHECKED)]
 
 
+class WhatsAppCheckRequest(WhatsAppUploadSpec, forbid_unknown_fields=True, kw_only=True):
+    """``POST /v1/checks`` for a WhatsApp job."""
+
+    recipients: Annotated[list[PhoneNumber], Meta(min_length=1, max_length=MAX_CHECKED)]
+
+
 class CheckAnswer(msgspec.Struct, kw_only=True):
     """What a job would meet at dispatch: the window rule it would get and how many of the
     recipients checked are outside the window, suppressed, and would be skipped."""
@@ -99,6 +138,13 @@ class CheckAnswer(msgspec.Struct, kw_only=True):
     suppressed: int  # on the page's suppression list
     would_skip: int  # skipped at dispatch (or sent the fallback, if the job has one)
     notes: list[str]
+    # WhatsApp only (absent for Messenger): the portfolio's messaging tier (null: unlimited),
+    # how much of it is left now, and how many of the recipients checked would count against
+    # it (a template to someone outside the service window not reached in the last 24 h).
+    channel: Channel | msgspec.UnsetType = msgspec.UNSET
+    tier: int | None | msgspec.UnsetType = msgspec.UNSET
+    tier_left: int | None | msgspec.UnsetType = msgspec.UNSET
+    would_count: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class JobAccepted(msgspec.Struct, kw_only=True):
@@ -112,7 +158,7 @@ class JobAccepted(msgspec.Struct, kw_only=True):
 class JobView(msgspec.Struct, kw_only=True):
     job_id: str
     status: JobStatusName
-    page_id: str
+    page_id: str  # the sender: a page, or a WhatsApp job's phone_number_id
     total: int
     sent: int
     failed: int
@@ -160,6 +206,9 @@ class JobView(msgspec.Struct, kw_only=True):
     max_failure_rate: float = 0.2
     # Paused by its failure rate (the reason says the rate and top codes), until resumed.
     auto_paused: bool = False
+    channel: Channel = "messenger"
+    phone_number_id: str | None = None  # a WhatsApp job's number (also in page_id)
+    tier: Literal["refuse", "spread"] | None = None  # a WhatsApp job's tier choice
 
 
 class JobSeries(msgspec.Struct, kw_only=True):
@@ -295,5 +344,8 @@ job_request_decoder = msgspec.json.Decoder(JobRequest)
 upload_spec_decoder = msgspec.json.Decoder(UploadSpec)
 test_send_decoder = msgspec.json.Decoder(SendTestRequest)
 check_decoder = msgspec.json.Decoder(CheckRequest)
+wa_job_decoder = msgspec.json.Decoder(WhatsAppJobRequest)
+wa_upload_spec_decoder = msgspec.json.Decoder(WhatsAppUploadSpec)
+wa_check_decoder = msgspec.json.Decoder(WhatsAppCheckRequest)
 chunk_decoder = msgspec.msgpack.Decoder(Chunk)
 graph_answer_decoder = msgspec.json.Decoder(GraphAnswer)

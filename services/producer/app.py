@@ -36,6 +36,7 @@ from services.producer import (
     testsend,
     upload,
     webhooks,
+    whatsapp,
 )
 from services.producer.common import (
     State,
@@ -82,7 +83,9 @@ async def submit_job(request: Request) -> Response:
         body = await intake.read_body(request, state.settings.max_body)
         if testsend.is_test(body):
             return await testsend.send(request, body, tenant)
-        if len(body) > _THREAD_ABOVE_BYTES:
+        if whatsapp.is_whatsapp(body):
+            prepared = await whatsapp.prepare_json(state.redis, state.settings, body, tenant, key)
+        elif len(body) > _THREAD_ABOVE_BYTES:
             prepared = await asyncio.to_thread(
                 _parse_and_prepare, body, state.settings, tenant, key
             )

@@ -3,6 +3,8 @@ submit applies (lane and tag, message limits, placeholders, the page: 422 naming
 403 for another tenant's page), then, for the recipients given (up to 10,000: the job page
 sends the first rows of a CSV), the window rule the job would get and how many are outside
 the 24-hour window or suppressed, so would be skipped at dispatch. Reads only; writes nothing.
+A WhatsApp job (``"channel": "whatsapp"``) gets its own rules (services/producer/whatsapp.py)
+and, for a template, how many of the recipients would count against the portfolio's tier.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.producer import intake
+from services.producer import intake, whatsapp
 from services.producer.common import authenticate, check_page, json_response, state_of
 from shared import suppressions, window
-from shared.models import CheckAnswer, CheckRequest, check_decoder
+from shared.models import (
+    CheckAnswer,
+    CheckRequest,
+    WhatsAppCheckRequest,
+    check_decoder,
+    wa_check_decoder,
+)
 
 _PIPELINE = 1000
 
@@ -38,6 +46,8 @@ async def check(request: Request) -> Response:
     state = state_of(request)
     tenant = authenticate(request)
     body = await intake.read_body(request, state.settings.max_body)
+    if whatsapp.is_whatsapp(body):
+        return json_response(await _check_whatsapp(state.redis, body, tenant, request))
     job: CheckRequest = intake.decode(body, check_decoder)
     check_page(state.settings, tenant, job.page_id)
     psids = list(dict.fromkeys(job.recipients))
@@ -77,3 +87,43 @@ async def check(request: Request) -> Response:
             notes=notes,
         )
     )
+
+
+async def _check_whatsapp(redis: Redis, body: bytes, tenant: str, request: Request) -> CheckAnswer:
+    settings = state_of(request).settings
+    job: WhatsAppCheckRequest = intake.decode(body, wa_check_decoder)
+    personal = whatsapp.check_spec(job, settings, tenant)
+    people = whatsapp.normalise(job.recipients)
+    number = job.phone_number_id
+    now = time.time()
+    lasts = await window.last_interactions(redis, number, people)
+    outside = sum(1 for last in lasts if not window.in_window(last, now))
+    suppressed = await _suppressed(redis, number, people) if job.suppress else set()
+    notes = []
+    if personal.required:
+        names = ", ".join(personal.required)
+        notes.append(f"placeholders without a default need a value in every row: {names}")
+    answer = CheckAnswer(
+        checked=len(people),
+        window_rule="ignore",
+        window_default=True,
+        outside_window=outside,
+        suppressed=len(suppressed),
+        would_skip=len(suppressed),
+        notes=notes,
+        channel="whatsapp",
+    )
+    if job.message.template is None:
+        notes.append(
+            "a text reaches only people inside their 24-hour service window: the"
+            f" {outside} outside it would fail with 131047; a template reaches them"
+        )
+        return answer
+    found = await whatsapp.reach(redis, settings, number, people)
+    answer.tier, answer.tier_left, answer.would_count = found.tier, found.left, found.would_count
+    if found.left is not None and found.would_count > found.left:
+        notes.append(
+            f"{found.would_count} would count against the tier and {found.left} are left:"
+            ' the job would be refused (422 tier_exceeded) unless sent with "tier": "spread"'
+        )
+    return answer

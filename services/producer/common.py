@@ -28,9 +28,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(error: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return json_response(
-        ErrorResponse(ErrorBody(error.code, error.message, error.field)), error.status, headers
-    )
+    body = ErrorBody(error.code, error.message, error.field)
+    if error.details:
+        detailed = {**msgspec.to_builtins(body), **error.details}
+        return json_response({"error": detailed}, error.status, headers)
+    return json_response(ErrorResponse(body), error.status, headers)
 
 
 def state_of(request: Request) -> State:

@@ -17,7 +17,14 @@ from shared import messages
 from shared.callbacks import check_target
 from shared.errors import ApiError
 from shared.messages import Personalised, RenderError
-from shared.models import JobRequest, Message, UploadSpec, job_request_decoder, json_encode
+from shared.models import (
+    JobRequest,
+    Message,
+    UploadSpec,
+    WhatsAppUploadSpec,
+    job_request_decoder,
+    json_encode,
+)
 from shared.settings import ProducerSettings
 
 T = TypeVar("T")
@@ -57,6 +64,24 @@ def _field_of(message: str) -> str | None:
     return ".".join(parts) or None
 
 
+# Fields of the other channel (unknown to this channel's Struct): said plainly, not as
+# "unknown field". Messenger's lanes and window do not exist on WhatsApp, nor its number here.
+_OTHER_CHANNEL = {
+    "phone_number_id": 'phone_number_id names a WhatsApp number: add "channel": "whatsapp"'
+    " (a Messenger job names its page in page_id)",
+    "tier": 'tier is a WhatsApp job\'s choice: add "channel": "whatsapp"',
+    "page_id": "a WhatsApp job names its number in phone_number_id, not page_id",
+    "messaging_type": "a WhatsApp job has no messaging_type: a template reaches people outside"
+    " the 24-hour service window, a text only those inside it",
+    "tag": "a WhatsApp job has no tag: outside the 24-hour service window send an approved"
+    " template (message.template)",
+    "window": "a WhatsApp job has no window rule: a text to someone outside the 24-hour service"
+    " window fails with 131047; a template reaches them",
+    "fallback": "a WhatsApp job has no fallback: send a template (message.template), which"
+    " reaches people outside the 24-hour service window",
+}
+
+
 def decode(body: bytes, decoder: msgspec.json.Decoder[T], prefix: str = "") -> T:
     """Decode a JSON body; 400 if it is not JSON, 422 naming the field if it is the wrong shape."""
     try:
@@ -64,6 +89,8 @@ def decode(body: bytes, decoder: msgspec.json.Decoder[T], prefix: str = "") -> T
     except msgspec.ValidationError as exc:
         text = str(exc)
         field = _field_of(text)
+        if text.startswith("Object contains unknown field") and field in _OTHER_CHANNEL:
+            text = _OTHER_CHANNEL[field]
         where = f"{prefix}.{field}" if prefix and field else prefix or field
         raise ApiError(422, "invalid_field", text, where) from None
     except msgspec.DecodeError as exc:
@@ -77,7 +104,7 @@ def decode_job(body: bytes) -> JobRequest:
 
 def check_spec(
     spec: UploadSpec, settings: ProducerSettings, recipients: int | None = None
-) -> Personalised:
+) -> Personalised[Message]:
     """The rules every job must meet, whatever carries its recipients (``recipients``: their
     count, None while a CSV is still unread); returns the message with its placeholders."""
     messages.check_lane(spec.messaging_type, spec.tag, spec.message, recipients)
@@ -203,7 +230,7 @@ def wait_seconds(request: Request) -> float:
     return seconds
 
 
-def send_at_ms(job: UploadSpec) -> int:
+def send_at_ms(job: UploadSpec | WhatsAppUploadSpec) -> int:
     """The job's send_at as epoch ms (0: now). Needs a time zone: a bare local time would
     mean a different moment on every server."""
     if job.send_at is None:

@@ -111,11 +111,7 @@ def prepare(
     recipients = list(dict.fromkeys(request.recipients))
     shard = shard_for(tenant, idempotency_key, settings.shards)
     job_id = keys.new_job_id(shard)
-    size = settings.chunk_size
-    chunks = [
-        msgpack_encode(Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + size]))
-        for no, start in enumerate(range(0, len(recipients), size))
-    ]
+    chunks = encode_chunks(job_id, recipients, settings.chunk_size)
     fields = job_fields(request, message, tenant, settings, len(recipients), len(chunks))
     return PreparedJob(
         job_id=job_id,
@@ -129,6 +125,14 @@ def prepare(
         else keys.idempotency(shard, tenant, idempotency_key),
         fingerprint="" if idempotency_key is None else hashlib.sha256(body).hexdigest(),
     )
+
+
+def encode_chunks(job_id: str, recipients: list[str], size: int) -> list[bytes]:
+    """The job's work-stream entries: runs of ``size`` consecutive (deduplicated) recipients."""
+    return [
+        msgpack_encode(Chunk(job=job_id, no=no, start=start, ids=recipients[start : start + size]))
+        for no, start in enumerate(range(0, len(recipients), size))
+    ]
 
 
 async def commit(

@@ -14,7 +14,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from redis.asyncio import Redis
@@ -22,15 +22,22 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from services.producer import intake, jobs
+from services.producer import intake, jobs, whatsapp
 from services.producer.common import check_page
 from shared import keys, messages
 from shared.errors import ApiError
 from shared.messages import Personalised
-from shared.models import Chunk, UploadSpec, msgpack_encode, upload_spec_decoder
+from shared.models import (
+    Chunk,
+    WhatsAppUploadSpec,
+    msgpack_encode,
+    upload_spec_decoder,
+    wa_upload_spec_decoder,
+)
 from shared.settings import ProducerSettings
 
 _PSID = re.compile(r"^[0-9]{1,64}$")
+_E164 = re.compile(r"^\+?[0-9]{8,15}$")  # a WhatsApp job's ids; the "+" is dropped
 _PUSH_EVERY = 500  # chunks per pipelined RPUSH round trip
 _MAX_SPEC = 64 * 1024
 _UNCOMMITTED_TTL_S = 3600
@@ -83,7 +90,7 @@ def _rows(file: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
         raise _bad_csv(f"line {reader.line_num + 1}: the file is not UTF-8") from None
 
 
-def _header(row: list[str], template: Personalised) -> tuple[int, list[tuple[int, str]]]:
+def _header(row: list[str], template: Personalised[Any]) -> tuple[int, list[tuple[int, str]]]:
     names = [name.strip() for name in row]
     if "id" not in names:
         raise _bad_csv("the CSV header has no `id` column (the recipients' PSIDs)")
@@ -152,6 +159,8 @@ async def prepare_upload(
     request: Request, redis: Redis, settings: ProducerSettings, tenant: str, key: str | None
 ) -> jobs.PreparedJob:
     spec_bytes, file = await read_form(request, settings)
+    if whatsapp.is_whatsapp(spec_bytes):
+        return await _prepare_whatsapp(spec_bytes, file, redis, settings, tenant, key)
     try:
         if b'"test_recipients"' in spec_bytes:
             message = "a test send takes test_recipients instead of a CSV: send it as JSON"
@@ -167,8 +176,12 @@ async def prepare_upload(
     job_id = keys.new_job_id(shard)
     ingest = Ingest(redis, job_id, settings.chunk_size)
     digest = hashlib.sha256(spec_bytes)
+
+    def lane(count: int) -> None:
+        messages.check_lane(spec.messaging_type, spec.tag, spec.message, count)
+
     try:
-        await _ingest(file.file, spec, template, ingest, settings, digest)
+        await _ingest(file.file, lane, template, ingest, settings, digest)
     except BaseException:
         await ingest.abandon()
         raise
@@ -189,14 +202,60 @@ async def prepare_upload(
     )
 
 
+async def _prepare_whatsapp(
+    spec_bytes: bytes,
+    file: UploadFile,
+    redis: Redis,
+    settings: ProducerSettings,
+    tenant: str,
+    key: str | None,
+) -> jobs.PreparedJob:
+    """As ``prepare_upload``, for a WhatsApp spec: ids in E.164 (digits kept), then the tier."""
+    try:
+        spec: WhatsAppUploadSpec = intake.decode(spec_bytes, wa_upload_spec_decoder, "spec")
+        template = whatsapp.check_spec(spec, settings, tenant)
+    except BaseException:
+        await file.close()
+        raise
+    await intake.check_callback(spec.callback_url, settings)
+    shard = jobs.shard_for(tenant, key, settings.shards)
+    job_id = keys.new_job_id(shard)
+    ingest = Ingest(redis, job_id, settings.chunk_size)
+    digest = hashlib.sha256(spec_bytes)
+    try:
+        await _ingest(file.file, None, template, ingest, settings, digest, _E164)
+        await whatsapp.check_tier(redis, settings, spec, ingest.seen)
+    except BaseException:
+        await ingest.abandon()
+        raise
+    finally:
+        await file.close()
+    total = len(ingest.seen)
+    fields = whatsapp.job_fields(spec, spec.message, tenant, settings, total, ingest.chunks)
+    fields["personal"] = "1" if template.personal else ""
+    return jobs.PreparedJob(
+        job_id=job_id,
+        total=total,
+        duplicates_removed=ingest.duplicates,
+        chunks=[],  # already pushed
+        fields=fields,
+        send_at_ms=intake.send_at_ms(spec),
+        idempotency=None if key is None else keys.idempotency(shard, tenant, key),
+        fingerprint="" if key is None else digest.hexdigest(),
+    )
+
+
 async def _ingest(
     file: IO[bytes],
-    spec: UploadSpec,
-    template: Personalised,
+    lane: Callable[[int], None] | None,
+    template: Personalised[Any],
     ingest: Ingest,
     settings: ProducerSettings,
     digest: Any,
+    ids: re.Pattern[str] = _PSID,
 ) -> None:
+    """``lane``: the check that waits for the count (Messenger's HUMAN_AGENT rule); ``ids``:
+    what an id must look like, PSIDs or, for WhatsApp, E.164 (its "+" dropped)."""
     rows = _rows(io.BufferedReader(_Hashing(file, digest)))
     first = next(rows, None)
     if first is None:
@@ -208,8 +267,10 @@ async def _ingest(
             continue  # blank line
         row_no += 1
         psid = row[id_col].strip() if id_col < len(row) else ""
-        if not _PSID.match(psid):
-            raise _bad_csv(f"row {row_no} (line {line}), column id: {psid!r} is not a PSID")
+        if not ids.match(psid):
+            raise _bad_csv(f"row {row_no} (line {line}), column id: {_not_an_id(psid, ids)}")
+        if psid[0] == "+":
+            psid = psid[1:]
         values = None
         if used:
             values = {name: row[i].strip() if i < len(row) else "" for i, name in used}
@@ -230,8 +291,13 @@ async def _ingest(
     if not ingest.seen:
         raise _bad_csv("the CSV has a header but no recipients")
     # Before the last chunks are pushed: a refused job leaves nothing behind.
-    messages.check_lane(spec.messaging_type, spec.tag, spec.message, len(ingest.seen))
+    if lane is not None:
+        lane(len(ingest.seen))
     await ingest.flush(final=True)
+
+
+def _not_an_id(text: str, ids: re.Pattern[str]) -> str:
+    return f"{text!r} is not a PSID" if ids is _PSID else whatsapp.bad_number(text)
 
 
 class _Hashing(io.RawIOBase):
