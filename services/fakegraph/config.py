@@ -11,6 +11,12 @@ from typing import Literal
 
 import msgspec
 
+# The codes `wa_errors` may give (whatsapp.py builds their answers).
+WA_INJECTABLE = frozenset(
+    {131026, 131050, 131047, 131049, 131048, 131056, 130429, 131000, 368, 80007, 4}
+    | {132000, 132001, 132012, 132015, 132016}
+)
+
 
 class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Behaviour of the fake Send API; every field has a harmless default."""
@@ -76,6 +82,33 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hang_rate: float = 0.0
     """Never answer: the connection stays open, silent, until the client gives up."""
 
+    # WhatsApp Cloud API (whatsapp.py): a send is WhatsApp's when its body names
+    # messaging_product or its id is in `wa_numbers`.
+    wa_numbers: list[str] = []
+    """phone_number_ids always answered as WhatsApp numbers (a body without
+    messaging_product then gets Meta's code 100)."""
+    wa_throughput: int = 0
+    """> 0: sends per number per wall-clock second; those beyond answer 130429 (Meta's
+    default is 80/s, https://developers.facebook.com/documentation/business-messaging/whatsapp/throughput)."""
+    wa_pair_interval_s: float = 6.0
+    """A send to a person within this many seconds of the number's last accepted send to them
+    answers 131056 and counts a pair violation (Meta: 1 message every 6 s to the same user);
+    0 = no pair limit."""
+    wa_tier: int = 0
+    """> 0: unique people without an open service window a number may reach per moving 24 h;
+    beyond it sends are still accepted (Meta has no dedicated code) and counted in
+    `tier_violations`."""
+    wa_errors: dict[str, int] = {}
+    """Recipient digits -> the error code every send to them answers: 131026 (undeliverable),
+    131050 (stopped marketing), 131047 (re-engagement), 131049, 131048, 131056, 130429,
+    131000, 368, 80007, 4, 132000, 132001, 132012, 132015, 132016."""
+    wa_spam_after: int = 0
+    """> 0: after this many accepted sends from a number, every send answers 131048 (spam
+    rate limit hit)."""
+    wa_enforce_window: bool = False
+    """A text (not a template) to a person whose last message (`POST /_fake/window`,
+    `/_fake/inbound`) is over 24 h old or unknown answers 131047 (re-engagement)."""
+
     def __post_init__(self) -> None:
         # Runs on construction and on decode/convert, so `POST /_fake/config` is validated.
         if not 0.0 <= self.fail_rate <= 1.0:
@@ -93,6 +126,16 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         bad = (self.html_502_rate, self.garbled_200_rate, self.cut_rate, self.hang_rate)
         if min(bad) < 0.0 or sum(bad) > 1.0:
             raise ValueError("the bad-answer rates must be >= 0 and add up to at most 1")
+        self._check_whatsapp()
+
+    def _check_whatsapp(self) -> None:
+        if self.wa_throughput < 0 or self.wa_tier < 0 or self.wa_spam_after < 0:
+            raise ValueError("wa_throughput, wa_tier and wa_spam_after must be >= 0")
+        if self.wa_pair_interval_s < 0:
+            raise ValueError("wa_pair_interval_s must be >= 0")
+        unknown = sorted(set(self.wa_errors.values()) - WA_INJECTABLE)
+        if unknown:
+            raise ValueError(f"wa_errors: codes {unknown} are not among {sorted(WA_INJECTABLE)}")
 
 
 def parse_page_tokens(spec: str) -> dict[str, str]:

@@ -11,6 +11,9 @@ nothing of sockets (see `protocol.py`). A send is checked in Graph's order:
     -> blocked (551) -> delivered (200) -> the answer spoilt at the bad-answer rates (HTML
     502, non-JSON 200, cut mid-body, never sent), the message delivered all the same
 
+A body naming ``messaging_product`` (or an id in ``wa_numbers``) is a WhatsApp Cloud API send,
+answered by whatsapp.py in WhatsApp's order and shapes.
+
 The page of a send is the one its token maps to when `tokens` is set, else the URL's
 (`me` for `/me/messages`); stats, deliveries and the rate limit are kept per page.
 Every send is counted in the per-page, per-second load (whatever its answer) when it
@@ -35,7 +38,8 @@ from services.fakegraph import responses as r
 from services.fakegraph.attachments import Attachments, upload_token_of_body
 from services.fakegraph.config import FakeGraphConfig, redacted
 from services.fakegraph.stats import Stats
-from services.fakegraph.webhooks import Emitter, Enforcement, Inbound
+from services.fakegraph.webhooks import Emitter, Enforcement, Inbound, WaInbound, WaQuality
+from services.fakegraph.whatsapp import WhatsApp, is_whatsapp
 
 _HASH_SPACE = 2**32
 _WINDOW_S = 24 * 3600  # the standard messaging window
@@ -95,8 +99,11 @@ class FakeGraph:
         self.webhooks: Emitter | None = None
         """Meta's side of the webhooks, when fakegraph runs with --webhook-url."""
         self.last_message: dict[str, float] = {}
-        """PSID -> Unix time of the person's last message to the page (`enforce_window`);
-        fed by `POST /_fake/window`, kept across `reset()`."""
+        """PSID (or WhatsApp digits) -> Unix time of the person's last message to the page
+        (`enforce_window`, `wa_enforce_window`, WhatsApp's tier); fed by `POST /_fake/window`
+        and `/_fake/inbound`, kept across `reset()`."""
+        self.whatsapp = WhatsApp(self)
+        """The WhatsApp Cloud API's side (whatsapp.py)."""
 
     # ---- public helpers (tests in-process, the CLI) ----
 
@@ -116,6 +123,7 @@ class FakeGraph:
         """Forget all stats (the rate limiter's counts too) and re-seed `fail_rate` draws."""
         self.stats = Stats()
         self.attachments = Attachments()
+        self.whatsapp.reset()
         self._rng.seed(self.config.seed)
         self._rng_seed = self.config.seed
 
@@ -133,6 +141,8 @@ class FakeGraph:
         path, _, query = url.partition(b"?")
         if method == b"POST":
             page = _page_of(path, b"/messages")
+            if page is not None and (page in self.config.wa_numbers or is_whatsapp(body)):
+                return self.whatsapp.send(page, _token(authorization, query, None), body)
             if page is not None:
                 return self._send(page, authorization, query, body)
             page = _page_of(path, b"/message_attachments")
@@ -325,6 +335,7 @@ class FakeGraph:
             b"/_fake/texts": lambda: stats.texts,
             b"/_fake/bodies": stats.sent_bodies,
             b"/_fake/refused": lambda: stats.refused,
+            b"/_fake/whatsapp": self.whatsapp.stats.snapshot,
         }
 
     def _webhook_hook(self, method: bytes, path: bytes, body: bytes) -> Answer:
@@ -352,9 +363,26 @@ class FakeGraph:
                 enforcement = msgspec.json.decode(body, type=Enforcement)
                 emitter.enforcement(enforcement.page_id, enforcement.action, enforcement.reason)
                 return 200, r.json_body({"events": 1})
+            if method == b"POST" and path in (b"/_fake/wa_inbound", b"/_fake/wa_quality"):
+                return self._wa_hook(emitter, path, body)
         except msgspec.MsgspecError as exc:
             return self.answer_error(r.bad_config(str(exc)))
         return self.answer_error(r.unknown_path(path.decode("utf-8", "replace")))
+
+    def _wa_hook(self, emitter: Emitter, path: bytes, body: bytes) -> Answer:
+        """POST /_fake/wa_inbound ({"phone_number_id", "people", "text"}: people write to the
+        number, their window opens) and /_fake/wa_quality ({"phone_number_id", "event",
+        "current_limit"}); raises msgspec errors for a bad body."""
+        if emitter.wa_url is None:
+            return self.answer_error(r.bad_config("fakegraph runs without --wa-webhook-url"))
+        if path == b"/_fake/wa_inbound":
+            inbound = msgspec.json.decode(body, type=WaInbound)
+            self.last_message.update(dict.fromkeys(inbound.people, time.time()))
+            sent = emitter.wa_inbound(inbound.phone_number_id, inbound.people, inbound.text)
+            return 200, r.json_body({"events": sent})
+        quality = msgspec.json.decode(body, type=WaQuality)
+        emitter.wa_quality(quality.phone_number_id, quality.event, quality.current_limit)
+        return 200, r.json_body({"events": 1})
 
     def _post_window(self, body: bytes) -> Answer:
         """Merge `{"<psid>": <Unix time of their last message>, ...}` into the window table."""
@@ -376,7 +404,7 @@ class FakeGraph:
 _decode_window = msgspec.json.Decoder(dict[str, float]).decode
 _WEBHOOK_HOOKS = (
     *(b"/_fake/receipts", b"/_fake/inbound", b"/_fake/enforcement"),
-    *(b"/_fake/webhooks", b"/_fake/replay"),
+    *(b"/_fake/webhooks", b"/_fake/replay", b"/_fake/wa_inbound", b"/_fake/wa_quality"),
 )
 
 

@@ -89,6 +89,7 @@ class GraphError:
         *,
         subcode: int | None = None,
         transient: bool | None = None,
+        details: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
@@ -97,6 +98,10 @@ class GraphError:
             error["error_subcode"] = subcode
         if transient is not None:
             error["is_transient"] = transient
+        if details is not None:
+            # WhatsApp's errors say what went wrong here; Meta: build on code and details
+            # (https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes)
+            error["error_data"] = {"messaging_product": "whatsapp", "details": details}
         error["fbtrace_id"] = _TRACE_MARK
         self._head, self._tail = _json_encode({"error": error}).split(_TRACE_MARK.encode())
 

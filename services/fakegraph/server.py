@@ -75,6 +75,13 @@ upload_fail and upload_fail_times make uploads fail, through /_fake/config).
 Answers gone bad after the message was delivered, each a fraction of deliveries, through
 /_fake/config: html_502_rate (a proxy's HTML 502), garbled_200_rate (200, not JSON),
 cut_rate (connection closed mid-answer), hang_rate (no answer at all).
+WhatsApp Cloud API: POST /{version}/{phone_number_id}/messages with messaging_product
+"whatsapp" (text or template) answers {"contacts", "messages": [{"id": "wamid...."}]} or
+WhatsApp's errors: 100/131008/131009 bad body, 130429 beyond --wa-throughput, 131056 a second
+send to a person within the pair interval, 131048 after wa_spam_after sends, injected codes
+per recipient (wa_errors: 131026, 131050, 131047, ...), 131047 with wa_enforce_window; the
+tier (wa_tier) is counted, not refused. GET /_fake/whatsapp: every accepted send with its
+time, pair and tier violations, people reached.
 Runs until SIGINT/SIGTERM; prints one JSON line saying where it listens."""
 
 
@@ -161,6 +168,29 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="read PAGE=TOKEN,... from environment variable VAR instead (keeps tokens "
         "out of the process list), e.g. FANOUT_PAGE_TOKENS",
     )
+    add(
+        "--wa-tokens-env",
+        default=None,
+        metavar="VAR",
+        help="also accept these WhatsApp number tokens, NUMBER=TOKEN,... read from environment "
+        "variable VAR (e.g. FANOUT_WA_NUMBERS)",
+    )
+    add(
+        "--wa-throughput",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="per WhatsApp number, answer 130429 to sends beyond N in one wall-clock second "
+        "(default: 0 = no limit; Meta's default is 80)",
+    )
+    add(
+        "--wa-tier",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="count sends to people beyond N new ones per number per 24 h as tier_violations "
+        "(default: 0 = no tier)",
+    )
     add("--revoked", action="store_true", help="answer every send 190, subcode 463")
     add("--seed", type=int, default=0, help="random seed of --fail-rate draws (default: 0)")
     add(
@@ -177,6 +207,16 @@ def _argument_parser() -> argparse.ArgumentParser:
         "then delivery and read watermarks, signed with the app secret, to URL (e.g. "
         "http://127.0.0.1:8080/webhooks/messenger); POST /_fake/inbound and "
         "/_fake/enforcement send people's messages and policy enforcement; GET /_fake/receipts",
+    )
+    add(
+        "--wa-webhook-url",
+        default=None,
+        metavar="URL",
+        help="play WhatsApp's webhooks: after each accepted WhatsApp send POST its statuses "
+        "(sent, delivered, read, some failed; out of order, some twice; with its "
+        "biz_opaque_callback_data), signed with the app secret, to URL (e.g. "
+        "http://127.0.0.1:8080/webhooks/whatsapp); POST /_fake/wa_inbound and "
+        "/_fake/wa_quality send people's messages and quality changes",
     )
     add(
         "--app-secret-env",
@@ -213,6 +253,14 @@ def _config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> F
         tokens = parse_page_tokens(spec) if spec else {}
     except ValueError as exc:
         parser.error(f"--tokens: {exc}")
+    if args.wa_tokens_env is not None:
+        wa_spec = os.environ.get(args.wa_tokens_env)
+        if wa_spec is None:
+            parser.error(f"--wa-tokens-env: environment variable {args.wa_tokens_env} is not set")
+        try:
+            tokens |= parse_page_tokens(wa_spec)
+        except ValueError as exc:
+            parser.error(f"--wa-tokens-env: {exc}")
     return FakeGraphConfig(
         latency_ms=args.latency_ms,
         fail_rate=args.fail_rate,
@@ -225,6 +273,8 @@ def _config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> F
         seed=args.seed,
         restricted_pages=[p.strip() for p in args.restricted.split(",") if p.strip()],
         enforce_window=args.enforce_window,
+        wa_throughput=args.wa_throughput,
+        wa_tier=args.wa_tier,
     )
 
 
@@ -274,12 +324,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _emitter_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Emitter | None:
-    if args.webhook_url is None:
+    if args.webhook_url is None and args.wa_webhook_url is None:
         return None
     secret = os.environ.get(args.app_secret_env, "")
     if not secret:
-        parser.error(f"--webhook-url: environment variable {args.app_secret_env} is not set")
-    emitter = Emitter(args.webhook_url, secret)
+        flag = "--webhook-url" if args.webhook_url is not None else "--wa-webhook-url"
+        parser.error(f"{flag}: environment variable {args.app_secret_env} is not set")
+    emitter = Emitter(args.webhook_url or "", secret, wa_url=args.wa_webhook_url)
     try:
         emitter.configure(args.webhook_config.encode())
     except msgspec.MsgspecError as exc:
