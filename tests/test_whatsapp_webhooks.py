@@ -20,11 +20,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 from conftest import Stack, wait_for
 
 from shared import keys, webhooks, window
+from shared.providers import whatsapp_webhooks as wa
 
 SECRET = "app-secret-0123456789abcdef"
 VERIFY = "verify-token-0123456789"
@@ -354,3 +356,46 @@ def test_quality_downgrade_pauses_the_numbers_jobs_with_the_reason(hearing: Stac
     assert reason == f"number_quality: {said}"
     assert r.hget(keys.page_state(NUMBER), "restricted") == b"1"  # its new jobs are refused
     assert r.hget(keys.JobKeys.of(elsewhere).hash, "status") == b"running"
+
+
+def test_meta_payloads_parse_into_what_fanout_acts_on() -> None:
+    """The reference's shapes, read without a Redis: statuses of our sends only, inbound
+    senders with their time, quality events, and each number's display number."""
+    job_id = keys.new_job_id(1)
+    failed = _status(job_id, 4, "failed", 1_700_000_003, errors=_failed(131050))
+    statuses = [
+        _status(job_id, 3, "read", 1_700_000_002, pricing=_pricing("utility")),
+        failed,
+        {**_status(job_id, 5, "delivered", 1), "biz_opaque_callback_data": None},  # not ours
+        _status(job_id, 6, "played", 1),  # a voice message played: not counted
+    ]
+    inbound = {"from": "447700900001", "id": "wamid.x", "timestamp": "1700000009", "type": "text"}
+    body = _notification(statuses=statuses, messages=[inbound])
+    body["entry"] += _quality("flagged")["entry"]
+    found = wa.read(wa.notification_decoder.decode(json.dumps(body).encode()))
+    assert found.numbers == {DISPLAY: NUMBER}
+    assert found.receipts == [
+        wa.Receipt(
+            number=NUMBER,
+            status="read",
+            callback=webhooks.metadata(job_id, 3),
+            recipient=_person(3),
+            wamid=statuses[0]["id"],
+            ts_s=1_700_000_002,
+            billable="utility",
+        ),
+        wa.Receipt(
+            number=NUMBER,
+            status="failed",
+            callback=webhooks.metadata(job_id, 4),
+            recipient=_person(4),
+            wamid=failed["id"],
+            ts_s=1_700_000_003,
+            code="131050",
+            detail="131050 Message undeliverable: Message Undeliverable.",
+        ),
+    ]
+    assert found.touches == [wa.Touch(NUMBER, "447700900001", 1_700_000_009_000)]
+    assert found.quality == [wa.Quality(DISPLAY, "FLAGGED", "TIER_250")]
+    with pytest.raises(msgspec.ValidationError):
+        wa.notification_decoder.decode(b'{"entry": []}')  # no object: not Meta's
