@@ -17,7 +17,7 @@ title in ``message`` and ``error_data.details``):
     -> accepted: ``contacts`` and ``messages[0].id`` = a ``wamid.``; a person new in the
        number's moving 24 h who has no open window counts against ``wa_tier``, and beyond
        the tier the send is still accepted and counted in ``tier_violations`` (Meta has no
-       dedicated code for it)
+       dedicated code for it); the answer then spoilt at the bad-answer rates, as Messenger's
 
 ``GET /_fake/whatsapp`` says what the fake saw: every accepted send with its receive time,
 number, recipient and type (tests count sends per second and per person from it), the pair
@@ -381,7 +381,8 @@ class WhatsApp:
         wamid = f"wamid.{fake._message_prefix.decode()}{self._count}"
         if fake.webhooks is not None:
             fake.webhooks.wa_sent(number, to, wamid, request.biz_opaque_callback_data)
-        return 200, success_body(str(request.to), to, wamid, kind == "template")
+        answer = (200, success_body(str(request.to), to, wamid, kind == "template"))
+        return fake._gone_bad(fake.config, answer)  # the bad-answer knobs, after acceptance
 
     def _reach(self, number: str, to: str, now: float) -> None:
         """A person with no open window, new in the number's moving 24 h, counts against the
