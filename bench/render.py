@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/render.py [--recipients 100000]
 
-Three messages through ``JobSpec.body`` (the whole Send API body, as a sender builds it):
+Three messages through ``MessengerRequest.body`` (the whole Send API body, as a sender builds it):
 a text without placeholders (encoded once per job), a personalised text, and a personalised
 generic template with buttons and quick replies (filled, checked against Meta's limits again,
 encoded). The baseline is the text-only renderer of the release before rich messages: a
@@ -19,10 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.consumer.delivery import JobSpec
 from shared import messages
-from shared.keys import JobKeys
 from shared.models import json_encode
+from shared.providers.messenger import MessengerRequest
 from shared.template import Template
 
 CARD = {
@@ -53,10 +52,9 @@ TEXT = "Hi {{first_name}}, from {{city|our shop}}!"
 VALUES = {"first_name": "Ann", "city": "Oslo", "size": "38", "sku": "A1"}
 
 
-def spec(message: dict[str, Any], personal: bool) -> JobSpec:
+def spec(message: dict[str, Any], personal: bool) -> MessengerRequest:
     decoded = messages.decode(json_encode(message))
-    keys = JobKeys.of("0-000000000000000000000000")
-    return JobSpec(keys, "1", None, None, decoded, "UPDATE", None, personal)  # type: ignore[arg-type]
+    return MessengerRequest("0-000000000000000000000000", decoded, "UPDATE", None, personal)
 
 
 def per_recipient_us(build: Any, n: int) -> float:

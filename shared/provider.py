@@ -76,7 +76,12 @@ class MessengerClient:
 
     def head(self, token: str) -> Head:
         """The framed request head for one page's token."""
-        return self.pool.frame_post(self.path, b"Authorization: Bearer " + token.encode() + b"\r\n")
+        return self.head_at(self.path, token)
+
+    def head_at(self, path: str, token: str) -> Head:
+        """The framed request head of a send endpoint (the provider's path) for one sender's
+        token: both channels POST Graph JSON and answer in Graph's shapes."""
+        return self.pool.frame_post(path, b"Authorization: Bearer " + token.encode() + b"\r\n")
 
     def upload_head(self, token: str) -> Head:
         """The framed request head of the Attachment Upload API for one page's token."""

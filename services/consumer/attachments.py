@@ -1,4 +1,4 @@
-"""A job's attachment by URL, uploaded once for the whole job; which messages are audio/video.
+"""A Messenger job's attachment by URL, uploaded once for the whole job.
 
 Meta fetches a URL attachment for every message that carries it. Uploaded once through the
 Attachment Upload API (``POST /{version}/me/message_attachments`` with ``is_reusable: true``,
@@ -31,16 +31,16 @@ import time
 import msgspec
 
 from shared import control, messages
-from shared.classify import Decision, backoff, classify
+from shared.classify import Decision, backoff
 from shared.keys import JobKeys
 from shared.models import Message
 from shared.provider import Head, MessengerClient
+from shared.providers.messenger import classify
 from shared.scripts import Scripts
 from shared.template import Template
 
 log = logging.getLogger("fanout.consumer")
 
-_MEDIA = (messages.AudioAttachment, messages.VideoAttachment)
 _UPLOADABLE = (
     messages.ImageAttachment,
     messages.VideoAttachment,
@@ -52,18 +52,6 @@ _POLL_CAP_S = 1.0
 _RETRY_CAP_S = 10.0
 _TRANSIENT_BUDGET_S = 600.0
 _encode = msgspec.json.Encoder().encode
-
-
-def is_media(message: Message) -> bool:
-    """Audio or video: Meta allows 10/s of these per page (the media limit), beside the rest."""
-    attachment = message.attachment
-    if isinstance(attachment, _MEDIA):
-        return True
-    if isinstance(attachment, messages.TemplateAttachment) and isinstance(
-        attachment.payload, messages.MediaTemplate
-    ):
-        return any(e.media_type == "video" for e in attachment.payload.elements)
-    return False
 
 
 def upload_url(message: Message) -> str | None:

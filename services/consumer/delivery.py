@@ -29,17 +29,18 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable
 
+from msgspec import Struct
 from redis.exceptions import RedisError
 
 from services.consumer.limiter import Permits
 from services.consumer.pagehealth import PageHealth, RetryBudget
 from services.consumer.recorder import Batch, Recorder
-from shared import messages, metrics, webhooks
-from shared.classify import Decision, backoff, classify
+from shared import metrics
+from shared.classify import Decision, backoff
 from shared.keys import JobKeys
-from shared.messages import Personalised, RenderError
-from shared.models import Chunk, Failure, Message, Outcome, json_encode
-from shared.provider import Head, MessengerClient
+from shared.models import Chunk, Failure, Outcome
+from shared.provider import Head, MessengerClient, SendResult
+from shared.providers import Request
 
 log = logging.getLogger("fanout.consumer")
 
@@ -47,16 +48,14 @@ _THROTTLE_BUDGET = 50  # attempts per recipient while the provider keeps saying 
 
 
 class JobSpec:
-    """What every message of one job shares, the Send API body pre-split around the PSID.
-
-    A message without placeholders is encoded once; a personalised one is filled per recipient
-    and checked against Meta's limits again (``shared.messages.Personalised``)."""
+    """What every message of one job shares: its sender's head, limiter and the provider's
+    request builder and answer table (shared/providers). The per-recipient calls are the
+    provider's own bound methods, so a channel adds no branch and no call here."""
 
     __slots__ = (
-        *("_messaging_type", "_personalised", "_prefix", "_rest", "_suffix", "_tag"),
+        *("body", "classify", "fallback_body", "has_fallback", "request", "tagged"),
         *("head", "job_id", "keys", "limiter", "message", "page_id", "stopped"),
-        "_meta",
-        *("_fallback", "suppress", "window_require"),
+        *("suppress", "window_require"),
     )
 
     def __init__(
@@ -65,67 +64,28 @@ class JobSpec:
         page_id: str,
         head: Head,
         limiter: Permits,
-        message: Message,
-        messaging_type: str,
-        tag: str | None,
-        personal: bool = False,
+        message: Struct,
+        request: Request,
+        classify: Callable[[SendResult], Decision],
         *,
         window_require: bool = False,
         suppress: bool = False,
-        fallback: Message | None = None,
     ) -> None:
         self.keys = keys
         self.window_require = window_require  # screen.py: who is outside the 24-hour window
-        self.suppress = suppress  # screen.py: skip the page's suppressed people
-        # For people outside the window: Meta's utility lane, a template and no tag.
-        self._fallback = (
-            None
-            if fallback is None
-            else b'},"message":' + messages.encode(fallback) + b',"messaging_type":"UTILITY"}'
-        )
+        self.suppress = suppress  # screen.py: skip the sender's suppressed people
         self.job_id = keys.job_id
-        self.page_id = page_id
-        self.head = head  # the framed request head, page token included: memory only
+        self.page_id = page_id  # the sender: a page or a WhatsApp number
+        self.head = head  # the framed request head, sender token included: memory only
         self.limiter = limiter
         self.message = message  # as stored; personal ones still carry their placeholders
         self.stopped = False  # the job was stopped: send nothing more for it
-        self._personalised = Personalised(message) if personal else None
-        self._messaging_type = messaging_type
-        self._tag = tag
-        self._prefix = b'{"recipient":{"id":'
-        rest: dict[str, str] = {"messaging_type": messaging_type}
-        if tag:
-            rest["tag"] = tag
-        self._rest = b"," + json_encode(rest)[1:]  # ',"messaging_type":...}'
-        self._suffix = b'},"message":' + messages.encode(message) + self._rest
-        self._meta = webhooks.metadata(self.job_id, 0)[:-1].encode()  # "fo1:<job>:"
-
-    def body(self, psid: str, values: dict[str, str] | None) -> bytes | Decision:
-        """The Send API body for one recipient, or the failure of a message that breaks one
-        of Meta's limits once filled for them."""
-        suffix = self._suffix
-        if self._personalised is not None:
-            try:
-                filled = self._personalised.render_json(values or {})
-            except RenderError as exc:
-                return Decision("failed", exc.code, "", exc.message)
-            suffix = b'},"message":' + filled + self._rest
-        return self._prefix + json_encode(psid) + suffix
-
-    def tagged(self, body: bytes, position: int) -> bytes:
-        """The body with Meta's ``metadata`` naming job and recipient, which Meta hands back
-        in the message's echo so receipts find their way to the job (services/consumer/
-        receipts.py); job ids and positions need no JSON escaping."""
-        return b'%s,"metadata":"%s%d"}' % (body[:-1], self._meta, position)
-
-    @property
-    def has_fallback(self) -> bool:
-        return self._fallback is not None
-
-    def fallback_body(self, psid: str) -> bytes:
-        if self._fallback is None:
-            raise RuntimeError(f"job {self.job_id} has no fallback message")
-        return self._prefix + json_encode(psid) + self._fallback
+        self.request = request
+        self.body = request.body
+        self.tagged = request.tagged
+        self.fallback_body = request.fallback_body
+        self.has_fallback = request.has_fallback
+        self.classify = classify
 
 
 class ChunkWork:
@@ -280,7 +240,7 @@ class Senders:
         finally:
             self.in_flight.leave()
         metrics.SEND_DURATION.observe(result.seconds)
-        decision = classify(result)
+        decision = spec.classify(result)
         verdict = decision.verdict
         first = attempt == 1
         await self._weigh(health, probe, verdict == "retry", decision, first, chunk.ids[index])

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from shared import keys, messages
 from shared.classify import backoff
 from shared.models import Message, Outcome, msgpack_encode
+from shared.providers import JobFields, provider_for
 from shared.scripts import Scripts
 
 log = logging.getLogger("fanout.consumer")
@@ -35,17 +36,6 @@ _RETRY_CAP_S = 1.0  # so work resumes within about a second of Redis coming back
 ERRORS_CAP = 10_000  # failure records kept per job (approximate: XADD MAXLEN ~)
 
 FRESH, FINISHED, IN_DOUBT = "0", "1", "2"
-
-
-class JobFields(msgspec.Struct, frozen=True):
-    page_id: str
-    message: Message  # Meta's message object, placeholders unfilled when ``personal``
-    messaging_type: str
-    tag: str | None
-    personal: bool  # the message has placeholders, filled per recipient
-    window_require: bool = False  # skip (or send the fallback to) people outside the window
-    suppress: bool = True  # skip the page's suppressed people
-    fallback: Message | None = None  # the utility template for people outside the window
 
 
 class Begun(msgspec.Struct, frozen=True):
@@ -68,16 +58,17 @@ def _text(value: bytes | None) -> str:
 async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
     """What every message of the job shares; None when the job no longer exists."""
     names = ["page_id", "message", "text", "messaging_type", "tag", "personal"]
-    names += ["window_rule", "suppress", "fallback"]
+    names += ["window_rule", "suppress", "fallback", "channel"]
     values = await redis.hmget(k.hash, names)
     page_id, message, text, messaging_type, tag, personal, *listening = cast(
         list[bytes | None], values
     )
     if page_id is None:
         return None
+    window_rule, suppress, fallback, channel = listening
     # A job written by a producer of the text-only release has no `message` field.
-    decoded = messages.decode(message) if message else Message(text=_text(text))
-    window_rule, suppress, fallback = listening
+    provider = provider_for(_text(channel))  # UnknownChannel: a newer producer's job
+    decoded = provider.decode_message(message) if message else Message(text=_text(text))
     return JobFields(
         _text(page_id),
         decoded,
@@ -87,6 +78,7 @@ async def fields(redis: Redis, k: keys.JobKeys) -> JobFields | None:
         window_rule == b"require",
         suppress != b"0",  # jobs from before suppressions check them too
         messages.decode(fallback) if fallback else None,
+        provider.channel,
     )
 
 

@@ -20,11 +20,12 @@ import time
 from functools import partial
 
 import msgspec
+from msgspec.structs import replace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.consumer import housekeeping, ledger, screen
-from services.consumer.attachments import Uploads, is_media
+from services.consumer.attachments import Uploads
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.engine import Engine, Entry
 from services.consumer.limiter import Limiters
@@ -33,6 +34,7 @@ from shared import audit, control, jobview, keys, metrics, suppressions
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
 from shared.provider import MessengerClient
+from shared.providers import Provider, UnknownChannel, provider_for
 from shared.scripts import Scripts
 from shared.settings import ConsumerSettings
 
@@ -104,14 +106,8 @@ class Consumer:
         # Chunks waiting for their page's permits claim no capacity but still count here: a
         # generous bound, so many throttled jobs cannot shut out the rest, yet no hoarding.
         self._max_held = settings.concurrency // 100 + 64
-        self._limiters = Limiters(
-            self.scripts,
-            settings.rate_limit,
-            settings.page_rate_limits,
-            settings.rate_burst_ms,
-            settings.media_rate_limit,
-            settings.page_media_rate_limits,
-        )
+        # One set per channel, at the channel's rates; the keys are per sender either way.
+        self._limiters: dict[str, Limiters] = {}
         self._uploads = Uploads(self.scripts, self.client, self.name, settings.request_timeout_s)
         self._stopping_jobs: set[asyncio.Task[object]] = set()
         self._restricting: set[str] = set()  # pages whose jobs this consumer is pausing
@@ -352,33 +348,55 @@ class Consumer:
         spec = self._specs.get(k.job_id)
         if spec is not None:
             return spec
-        fields = await ledger.fields(self.redis, k)
+        try:
+            fields = await ledger.fields(self.redis, k)
+        except UnknownChannel as exc:  # a newer producer's job: this build cannot send it
+            log.error("job of an unknown channel", extra={"job_id": k.job_id, "error": str(exc)})
+            return None
         if fields is None:
             return None
-        token = self.settings.page_tokens.get(fields.page_id)
+        provider = provider_for(fields.channel)
+        token = provider.token(self.settings, fields.page_id)
         if token is None:
-            log.error("no page token for the job's page", extra={"job_id": k.job_id})
+            log.error("no token for the job's sender", extra={"job_id": k.job_id})
             return None
-        # An attachment by URL is uploaded once for the job, and sent by its id.
-        message = await self._uploads.prepare(k, token.reveal(), fields.message)
+        upload = partial(self._uploads.prepare, k, token.reveal())
+        message = await provider.prepare(fields.message, upload)
         if len(self._specs) >= _SPEC_CACHE_MAX:
             self._specs.clear()
+        # The message as sent (Messenger's media by attachment id), unless it cannot be.
+        sendable = fields if message is None else replace(fields, message=message)
+        path = provider.path(self.settings.graph_version, fields.page_id)
+        limiters = self._limiters_for(provider)
         spec = JobSpec(
             k,
             fields.page_id,
-            self.client.head(token.reveal()),
-            self._limiters.for_message(fields.page_id, is_media(fields.message)),
-            message or fields.message,
-            fields.messaging_type,
-            fields.tag,
-            fields.personal,
+            self.client.head_at(path, token.reveal()),
+            limiters.for_message(fields.page_id, provider.is_media(fields.message)),
+            sendable.message,
+            provider.request(k.job_id, sendable),
+            provider.classify,
             window_require=fields.window_require,
             suppress=fields.suppress,
-            fallback=fields.fallback,
         )
         spec.stopped = message is None  # the job ended, or its attachment could not be uploaded
         self._specs[k.job_id] = spec
         return spec
+
+    def _limiters_for(self, provider: Provider) -> Limiters:
+        limiters = self._limiters.get(provider.channel)
+        if limiters is None:
+            rates = provider.rates(self.settings)
+            limiters = self._limiters[provider.channel] = Limiters(
+                self.scripts,
+                rates.default,
+                rates.per_sender,
+                self.settings.rate_burst_ms,
+                rates.media_default,
+                rates.media_per_sender,
+                strict=rates.strict,
+            )
+        return limiters
 
     async def _unsendable(self, chunk: Chunk, k: keys.JobKeys) -> Outcome:
         """A chunk whose job is gone (finish only settles it) or whose page has no token here
