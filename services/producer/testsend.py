@@ -25,7 +25,7 @@ from services.producer.common import check_page, json_response, state_of
 from shared import audit, pagestate
 from shared.classify import classify
 from shared.errors import ApiError
-from shared.messages import Personalised, RenderError
+from shared.messages import Message, Personalised, RenderError
 from shared.models import (
     SendTestAnswer,
     SendTestRequest,
@@ -68,7 +68,7 @@ def _decode(body: bytes) -> SendTestRequest:
     return intake.decode(body, test_send_decoder)
 
 
-def _bodies(job: SendTestRequest, personal: Personalised) -> bytes:
+def _bodies(job: SendTestRequest, personal: Personalised[Message]) -> bytes:
     values = job.test_variables or {}
     missing = personal.unfillable(values)
     if missing is not None:
