@@ -23,8 +23,9 @@ import httpx
 import msgspec
 import pytest
 import redis
-from conftest import Stack, wait_for
+from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
 
+from services.fakegraph.webhooks import display_number as fake_display
 from shared import keys, webhooks, window
 from shared.providers import whatsapp_webhooks as wa
 
@@ -399,3 +400,134 @@ def test_meta_payloads_parse_into_what_fanout_acts_on() -> None:
     assert found.quality == [wa.Quality(DISPLAY, "FLAGGED", "TIER_250")]
     with pytest.raises(msgspec.ValidationError):
         wa.notification_decoder.decode(b'{"entry": []}')  # no object: not Meta's
+
+
+# ---- end to end: fakegraph plays the Cloud API and its webhooks (services/fakegraph) ----
+
+NUMBER_TOKEN = "EAAwhatsapptoken0123456789secret"
+TEMPLATE = {"template": {"name": "order_update", "language": {"code": "en_US"}}}
+
+
+def _meta(stack: Stack, webhook_config: dict[str, float] | None = None, **env: str) -> FakeGraph:
+    """Producer (fakegraph needs its URL), fakegraph playing the Cloud API and its signed
+    webhooks, then one consumer, all knowing the number."""
+    stack.env["FANOUT_APP_SECRET"] = SECRET
+    stack.env["FANOUT_WEBHOOK_VERIFY_TOKEN"] = VERIFY
+    stack.env["FANOUT_WA_NUMBERS"] = f"{NUMBER}={NUMBER_TOKEN}"
+    stack.env["FANOUT_TENANT_PAGES"] = f"acme={PAGE}|{NUMBER}"
+    stack.env.update(env)
+    api = stack.start_producer()
+    tokens = f"{PAGE}={PAGE_TOKEN},{NUMBER}={NUMBER_TOKEN}"
+    config = json.dumps(webhook_config or {})
+    fake = stack.fake = FakeGraph(
+        stack.procs,
+        stack.env,
+        stack.logdir,
+        *("--tokens", tokens, "--wa-webhook-url", f"{api.base_url}{HOOK}"),
+        *("--webhook-config", config),
+    )
+    stack.env["FANOUT_GRAPH_URL"] = fake.url
+    fake.configure(wa_numbers=[NUMBER])
+    stack.start_consumer("c1")
+    return fake
+
+
+def _submit(stack: Stack, people: list[str], **extra: Any) -> httpx.Response:
+    assert stack.api is not None
+    body = {"channel": "whatsapp", "phone_number_id": NUMBER, "message": TEMPLATE}
+    return stack.api.post("/v1/jobs", json={**body, "recipients": people, **extra})
+
+
+def _fake_receipts(fake: FakeGraph) -> dict[str, int]:
+    data: dict[str, int] = fake.http.get("/_fake/receipts").json()
+    return data
+
+
+def test_the_stand_ins_statuses_out_of_order_and_twice_count_its_truth(hearing: Stack) -> None:
+    knobs = {"duplicate_rate": 0.3, "reorder_rate": 0.3, "read_rate": 0.5}
+    fake = _meta(
+        hearing,
+        {**knobs, "wa_failed_rate": 0.1, "wa_implied_rate": 0.3},
+        FANOUT_WA_TIERS=f"{NUMBER}=unlimited",
+    )
+    people = [_person(i) for i in range(400)]
+    accepted = _submit(hearing, people)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    assert hearing.wait_done(job_id, 60)["sent"] == 400
+
+    def settled() -> tuple[dict[str, Any], dict[str, int]] | None:
+        truth = _fake_receipts(fake)
+        job = hearing.job(job_id)
+        if truth["queued"] or _inbox_total(hearing.r) or truth["wa_sent"] != 400:
+            return None
+        counted = (job["delivered"], job["read"], job["undelivered"])
+        if counted != (truth["wa_delivered"], truth["wa_read"], truth["wa_failed"]):
+            return None
+        return job, truth
+
+    job, truth = wait_for(settled, 30, "delivered/read/undelivered to equal fakegraph's")
+    # The knobs did something: some failed, some read (some without a delivered), some twice.
+    assert 0 < truth["wa_failed"] < 100
+    assert 0 < job["read"] < job["delivered"] < 400
+    assert truth["duplicates"] > 0 and truth["refused"] == 0
+    assert (job["sent"], job["failed"], job["skipped"]) == (400, 0, 0)
+    errors = hearing.api.get(f"/v1/jobs/{job_id}/errors").json()["items"]  # type: ignore[union-attr]
+    assert len(errors) == truth["wa_failed"]
+    assert {e["code"] for e in errors} == {"131026"}
+    fake.http.post("/_fake/replay").raise_for_status()
+    wait_for(
+        lambda: _fake_receipts(fake)["queued"] == 0 and _inbox_total(hearing.r) == 0,
+        30,
+        "the replay to be processed",
+    )
+    again = hearing.job(job_id)
+    assert (again["delivered"], again["read"], again["undelivered"]) == (
+        job["delivered"],
+        job["read"],
+        job["undelivered"],
+    )
+
+
+def test_people_who_wrote_in_are_inside_the_window_and_free_of_the_tier(hearing: Stack) -> None:
+    """Tier 250 (the default): 300 people outside their window are refused at submit; once 60
+    of them have written to the number (inbound webhooks), the same job fits and is sent."""
+    fake = _meta(hearing)
+    people = [_person(i) for i in range(300)]
+    refused = _submit(hearing, people)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (422, "tier_exceeded")
+    assert "would reach 300 people" in refused.json()["error"]["message"]
+    wrote = people[:60]
+    fake.http.post("/_fake/wa_inbound", json={"phone_number_id": NUMBER, "people": wrote})
+    now = time.time()
+    wait_for(
+        lambda: all(window.in_window(t, now) for t in _last_interactions(hearing, NUMBER, wrote)),
+        20,
+        "the 60 people's windows to open",
+    )
+    accepted = _submit(hearing, people)
+    assert accepted.status_code == 202, accepted.text
+    done = hearing.wait_done(accepted.json()["job_id"], 60)
+    assert (done["sent"], done["failed"], done["skipped"]) == (300, 0, 0)
+
+
+def test_a_quality_downgrade_pauses_the_numbers_running_job(hearing: Stack) -> None:
+    fake = _meta(hearing, FANOUT_WA_RATE_LIMIT="20", FANOUT_WA_TIERS=f"{NUMBER}=unlimited")
+    accepted = _submit(hearing, [_person(i) for i in range(2000)])
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    # Its first statuses name the number and its display number (quality events give only that).
+    wait_for(lambda: hearing.r.hexists(keys.wa_displays(), fake_display(NUMBER)), 20, "a status")
+    fake.http.post(
+        "/_fake/wa_quality", json={"phone_number_id": NUMBER, "event": "FLAGGED"}
+    ).raise_for_status()
+    paused = wait_for(
+        lambda: (j := hearing.job(job_id))["status"] == "paused" and j, 10, "the job paused"
+    )
+    assert paused["reason"] == (
+        f"number_quality: Meta flagged the quality of WhatsApp number {NUMBER}"
+        " (messaging limit now TIER_250)"
+    )
+    assert paused["sent"] < 2000
+    again = _submit(hearing, [_person(1)])
+    assert again.status_code == 409, again.text  # new jobs of the number wait for a user
