@@ -116,7 +116,17 @@ def view(job_id: str, h: dict[str, bytes], now_ms: int | None = None) -> JobView
         max_failure_rate=float(h.get("max_failure_rate") or 0.2),
         auto_paused=bool(h.get("auto_paused")),
         **_channel(h),
+        **_hold(h, now_ms),
     )
+
+
+def _hold(h: dict[str, bytes], now_ms: int) -> dict[str, Any]:
+    """A hold a consumer recorded on the job (services/consumer/reach.py: the WhatsApp tier is
+    used up), while its time has not passed and the job has not ended."""
+    until = int(h.get("hold_until") or 0)
+    if until <= now_ms or h["status"].decode() in ENDED:
+        return {}
+    return {"page_hold": h["hold"].decode(), "hold_until": iso_ms(until)}
 
 
 def _channel(h: dict[str, bytes]) -> dict[str, Any]:
@@ -141,5 +151,5 @@ async def load(redis: Redis, job_id: str) -> tuple[str, JobView] | None:
     h = {k.decode(): v for k, v in raw.items()}
     found = view(job_id, h)
     if found.status not in ENDED:
-        found.page_hold = await pagestate.hold(redis, found.page_id)
+        found.page_hold = await pagestate.hold(redis, found.page_id) or found.page_hold
     return h["tenant"].decode(), found

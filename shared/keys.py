@@ -92,6 +92,12 @@ def media_rate(page_id: str) -> str:
     return f"fanout:rate:{{{page_id}}}:media"
 
 
+def rate_log(page_id: str) -> str:
+    """A strict sender's recent sends (a zset, send time ms; WhatsApp numbers): no more than
+    its rate in any second (services/consumer/pairs.py). In the slot of its rate key."""
+    return f"fanout:rate:{{{page_id}}}:sent"
+
+
 def page_state(page_id: str) -> str:
     """A page's state across the fleet that outlives a job: ``restricted`` (Meta's 10/1893063)
     with its reason and time. In the slot of the page's rate key."""

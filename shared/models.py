@@ -183,6 +183,10 @@ class JobView(msgspec.Struct, kw_only=True):
     # (the circuit breaker holds the page and probes it; it resumes by itself) or
     # "page_restricted" (Meta's 10/1893063; a user resumes a job of the page to lift it).
     page_hold: str | None = None
+    # "tier_reached" (WhatsApp: the portfolio reached as many people outside a service window
+    # in the moving 24 h as its messaging tier allows): the job's next people wait, unsent and
+    # not skipped, until hold_until, when the oldest of them ages out and places return.
+    hold_until: str | None = None
     # Recipients Meta's webhooks said received (delivered) and read the message: "at least"
     # counts, as receipts are best effort (a person may read with receipts off; a page not
     # wired to webhooks reports none). Read implies delivered.

@@ -32,8 +32,11 @@ from collections.abc import Awaitable, Callable
 from msgspec import Struct
 from redis.exceptions import RedisError
 
+from services.consumer import pairs
 from services.consumer.limiter import Permits
 from services.consumer.pagehealth import PageHealth, RetryBudget
+from services.consumer.pairs import PairPermits
+from services.consumer.reach import Reach
 from services.consumer.recorder import Batch, Recorder
 from shared import metrics
 from shared.classify import Decision, backoff
@@ -56,6 +59,7 @@ class JobSpec:
         *("body", "classify", "fallback_body", "has_fallback", "request", "tagged"),
         *("head", "job_id", "keys", "limiter", "message", "page_id", "stopped"),
         *("suppress", "window_require"),
+        *("pairs", "reach"),
     )
 
     def __init__(
@@ -86,6 +90,10 @@ class JobSpec:
         self.fallback_body = request.fallback_body
         self.has_fallback = request.has_fallback
         self.classify = classify
+        # WhatsApp's limits at dispatch (the consumer sets them; None costs nothing): the
+        # per-person pair permit (pairs.py) and the portfolio's tier (reach.py).
+        self.pairs: PairPermits | None = None
+        self.reach: Reach | None = None
 
 
 class ChunkWork:
@@ -223,14 +231,10 @@ class Senders:
         attempt = work.attempts.get(index, 0) + 1
         work.attempts[index] = attempt
         chunk = work.chunk
-        if index in work.fallback:
-            body: bytes | Decision = spec.fallback_body(chunk.ids[index])
-        else:
-            body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
-        if isinstance(body, Decision):
-            work.fail(index, body, attempt)
-            metrics.MESSAGES.labels("failed", body.code).inc()
-            work.settle()
+        body = self._body(work, index, attempt)
+        if body is None:
+            return
+        if spec.pairs is not None and await self._pair_busy(work, index, spec.pairs):
             return
         body = spec.tagged(body, chunk.start + index)
         probe = health.take_probe()
@@ -241,9 +245,15 @@ class Senders:
             self.in_flight.leave()
         metrics.SEND_DURATION.observe(result.seconds)
         decision = spec.classify(result)
+        if spec.pairs is not None:
+            # Free the person one pair interval from now, or, after Meta's pair limit (131056),
+            # hold them fleet-wide for its back-off: they are retried as a transient answer,
+            # but the sender is not cooled down and its breaker does not count it.
+            await pairs.answered(spec.pairs, chunk.ids[index], decision, attempt)
         verdict = decision.verdict
         first = attempt == 1
-        await self._weigh(health, probe, verdict == "retry", decision, first, chunk.ids[index])
+        transient = verdict == "retry" and not decision.pace_person
+        await self._weigh(health, probe, transient, decision, first, chunk.ids[index])
         if verdict == "sent":
             work.record_sent(index)  # counted in metrics per chunk
             work.settle()
@@ -266,13 +276,46 @@ class Senders:
             self.on_fatal(spec, decision)
             self._hold_back(work)
             return
+        await self._fail(work, index, decision, attempt)
+
+    def _body(self, work: ChunkWork, index: int, attempt: int) -> bytes | None:
+        """The recipient's request body; None when the message, filled for them, breaks one of
+        the provider's limits (then they failed)."""
+        spec, chunk = work.spec, work.chunk
+        if index in work.fallback:
+            body: bytes | Decision = spec.fallback_body(chunk.ids[index])
+        else:
+            body = spec.body(chunk.ids[index], chunk.vars[index] if chunk.vars else None)
+        if isinstance(body, Decision):
+            work.fail(index, body, attempt)
+            metrics.MESSAGES.labels("failed", body.code).inc()
+            work.settle()
+            return None
+        return body
+
+    async def _fail(self, work: ChunkWork, index: int, decision: Decision, attempt: int) -> None:
+        """The recipient failed with the provider's answer; a permanent one for the person
+        suppresses them, a fatal one stops the job."""
+        spec = work.spec
         work.fail(index, decision, attempt)
         metrics.MESSAGES.labels("failed", decision.code).inc()
         if decision.suppress and self.on_suppress is not None:
-            await self.on_suppress(spec, chunk.ids[index], decision)
-        if verdict == "fatal":
+            await self.on_suppress(spec, work.chunk.ids[index], decision)
+        if decision.verdict == "fatal":
             self.on_fatal(spec, decision)
         work.settle()
+
+    async def _pair_busy(self, work: ChunkWork, index: int, permits: PairPermits) -> bool:
+        """Whether the send must wait (pairs.py): the person got a message from this sender
+        within the pair interval (another job, a retry), or a strict sender's last second is
+        full. Then they wait on the queue and the sender moves on. Not an attempt: nothing
+        was sent."""
+        wait_s = await pairs.wait_s(permits, work.chunk.ids[index])
+        if wait_s <= 0:
+            return False
+        work.attempts[index] -= 1
+        self._later(work, index, asyncio.sleep(wait_s))
+        return True
 
     @staticmethod
     def _hold_back(work: ChunkWork) -> None:

@@ -12,9 +12,9 @@ is where the tier is actually kept, fleet-wide, for every template job, spread o
                     again at no cost, each new one while places are left; the others wait
   wait(...)         the chunk holds the ones that wait, claiming no sender capacity; the job
                     shows ``page_hold: "tier_reached"`` and ``hold_until`` (when the oldest
-                    entry ages out and a place returns), and the chunk asks again then. A
-                    pause or a stop of the job ends the wait (a paused job's chunk goes back
-                    to its backlog)
+                    entry ages out and a place returns), and the chunk asks again every
+                    ``POLL_S`` (four small calls). A pause or a stop of the job ends the wait
+                    (a paused job's chunk goes back to its backlog)
 
 Nobody waiting is skipped and nobody is sent beyond the tier. Text messages (free-form, only
 possible inside the window) and unlimited tiers have no ``Reach`` and cost nothing.
@@ -36,8 +36,8 @@ from shared.settings import WhatsAppSettings
 
 MOVING_MS = 24 * 3600 * 1000
 HOLD = "tier_reached"  # the job view's page_hold while chunks wait for a place
-_POLL_S = 5.0  # a waiting chunk looks at its job's status this often (pause, cancel)
-_ACTIVE = (b"pending", b"running")
+# A waiting chunk asks again this often: for a place, and its job's status (pause, cancel).
+POLL_S = 5.0
 
 
 class Split(msgspec.Struct, frozen=True):
@@ -76,20 +76,29 @@ class Reach:
         return Split(admitted, sorted(refused), int(wait_ms) / 1000, int(reached))
 
     async def wait(self, job: keys.JobKeys, wait_s: float, stopped: Callable[[], bool]) -> bytes:
-        """Hold until a place may have returned (``wait_s``), showing why on the job; the job's
-        status then (``b"running"``/``b"pending"``: ask again), or earlier once it is paused,
-        stopped or gone (``b""``)."""
+        """Show on the job why it waits and until when a place returns (``wait_s``), then wait
+        at most ``POLL_S`` (a place may come sooner: a tier raised, a reach trimmed by hand);
+        the job's status then: ``b"running"``/``b"pending"`` to ask again, else it was paused
+        (``b"paused"``), stopped or is gone."""
         until_ms = int((time.time() + wait_s) * 1000)
         await self._scripts.job_hold(keys=[job.hash], args=[HOLD, until_ms])
-        deadline = asyncio.get_running_loop().time() + wait_s
-        while True:
-            status = cast(bytes | None, await self._redis.hget(job.hash, "status"))
-            if status not in _ACTIVE or stopped():
-                return status or b""
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return status
-            await asyncio.sleep(min(left, _POLL_S))
+        await asyncio.sleep(min(wait_s, POLL_S))
+        if stopped():
+            return b""
+        status = cast(bytes | None, await self._redis.hget(job.hash, "status"))
+        return status or b""
+
+
+def runs(indexes: list[int]) -> list[list[int]]:
+    """Sorted indexes cut into runs of consecutive ones: the ledger marks a batch attempted
+    as one range, which must not cover people still waiting for a place."""
+    out: list[list[int]] = []
+    for i in indexes:
+        if out and out[-1][-1] == i - 1:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def _text(raw: bytes | str) -> str:
