@@ -454,7 +454,7 @@ def test_tier_refuses_naming_what_can_go_now_or_spreads(
 
 
 def test_a_job_larger_than_the_whole_tier_never_fits(client: TestClient) -> None:
-    people = [f"4477009{i:05d}" for i in range(1300)]  # counting stops after 1,000 of them
+    people = [f"4477009{i:05d}" for i in range(2500)]  # counting stops after 2,000 of them
     answer = client.post("/v1/jobs", json=wa_job(recipients=people), headers=AUTH)
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
@@ -468,7 +468,7 @@ def test_a_job_larger_than_the_whole_tier_never_fits(client: TestClient) -> None
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "tier_exceeded"
     spread = upload(client, {**spec, "tier": "spread"}, csv_text)
     assert spread.status_code == 202, spread.text
-    assert spread.json()["total"] == 1300
+    assert spread.json()["total"] == 2500
 
 
 def test_checks_count_against_the_tier(

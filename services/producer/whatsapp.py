@@ -13,10 +13,13 @@ anything is written, beyond what every job passes (services/producer/intake.py).
   with 422 saying how many can be sent now and when room returns, unless the job says
   ``"tier": "spread"``; dispatch enforces the tier either way (services/consumer).
 
-The tier check costs, per 1,000 recipients, one pipelined round trip of one ZMSCORE and
-4,000 HGETs (the window's tiers, shared/window.py): about 2 s per million recipients on one
-Redis core (bench: tests/test_whatsapp_submit.py::test_tier_check_cost prints it). A text job,
-an unlimited tier, or a job that already exceeds the whole tier, stops early.
+The tier check reads the portfolio's reach zset once (at most the tier's size: dispatch never
+reaches more), then asks, for the recipients not in it, whether they are inside the number's
+window: nothing to ask when the number heard from nobody in 24 h (a fresh campaign), else one
+window_inside.lua call per 2,000. ``bench/tier_check.py`` prints the cost: 100,000 recipients
+in 0.11 s from a fresh number, 4.6 s with a tenth of them inside their window (a 2-core machine
+under a load of 14). It stops once the count exceeds the whole tier; a text job or an unlimited
+tier costs nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from shared.settings import ProducerSettings
 CHANNEL = "whatsapp"
 DAY_MS = 24 * 3600 * 1000
 _E164 = re.compile(r"\+?[0-9]{8,15}")
-_BATCH = 1000  # recipients per pipelined tier lookup
+_BATCH = 2000  # recipients per lookup: a few ms of Redis's time per script call
 _MAX_METADATA = 4096
 _THREAD_ABOVE_BYTES = 256 * 1024  # as Messenger's JSON jobs (services/producer/app.py)
 
@@ -228,26 +231,27 @@ async def reach(
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     since = now_ms - DAY_MS
     key = keys.wa_reached(portfolio)
-    found.reached = int(await redis.zcount(key, since, "+inf"))
+    reached = await _reached_since(redis, key, since)
+    found.reached = len(reached)
     found.left = max(0, tier - found.reached)
     people = list(recipients)
     for start in range(0, len(people), _BATCH):
         batch = people[start : start + _BATCH]
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.zmscore(key, batch)
-            window.queue_reads(pipe, number, batch)
-            replies: list[Any] = await pipe.execute()
-        scores, lasts = replies[0], window.newest(replies[1:])
-        now_s = now_ms / 1000
-        found.would_count += sum(
-            1
-            for score, last in zip(scores, lasts, strict=True)
-            if (score is None or float(score) < since) and not window.in_window(last, now_s)
-        )
+        new = [p for p in batch if p not in reached]
+        inside = await window.inside(redis, number, new, now_ms / 1000)
+        found.would_count += inside.count(False)
         found.looked_at += len(batch)
         if found.would_count > tier:
             break  # more than the whole tier: it cannot go at once whatever the reach
     return found
+
+
+async def _reached_since(redis: Redis, key: str, since_ms: int) -> set[str]:
+    """The people the portfolio reached since then: at most its tier (dispatch never reaches
+    more), read whole in one call. Cheaper than asking about each recipient, which costs the
+    client ~8 us per member to pack (redis-py) and Redis a lookup each."""
+    members = await redis.zrangebyscore(key, since_ms, "+inf")
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in members}
 
 
 async def room_at(redis: Redis, portfolio: str, needed: int, now_ms: int) -> int | None:
