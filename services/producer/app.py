@@ -252,7 +252,8 @@ def create_app(settings: ProducerSettings, redis: Redis | None = None) -> Starle
         if settings.app_secret is None or settings.webhook_verify_token is None:
             log.warning(
                 "FANOUT_APP_SECRET or FANOUT_WEBHOOK_VERIFY_TOKEN is not set: /webhooks/messenger"
-                " refuses Meta (no receipts, window or page enforcement from webhooks)"
+                " and /webhooks/whatsapp refuse Meta (no receipts, window or page enforcement"
+                " from webhooks)"
             )
         client = redis or await open_redis(settings.redis_url, settings.redis_cluster)
         app.state.fanout = State(settings, client, Scripts(client))
