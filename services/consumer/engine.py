@@ -3,7 +3,9 @@ reclaim and drain, for any kind of work that plugs in a ``Kind``.
 
 Engine.run()
   ├── one reader per stream: XREADGROUP (BLOCK) only while ``kind.room()`` says there is room
-  │   (no hoarding), each entry handed to ``kind.handle`` in a task of its own
+  │   (no hoarding), each entry handed to ``kind.handle`` in a task of its own; a read that
+  │   came back short (the stream had nothing more waiting) asks ``top_up`` for more work
+  │   before it blocks (chunks: the release window follows demand, worker.py)
   ├── upkeep: renew the leases of held entries (owner-checked, every third of the lease);
   │   XAUTOCLAIM entries idle past the lease, looping on its cursor, counting the deleted ids
   └── stop(): stop reading; wait for held entries until the drain deadline; cancel the rest
@@ -88,6 +90,7 @@ class Engine:
         block_ms: int,
         drain_s: float,
         cancel_lost: bool = False,
+        top_up: Callable[[str, int], Awaitable[int]] | None = None,
     ) -> None:
         self.redis = redis
         self.scripts = scripts
@@ -97,6 +100,9 @@ class Engine:
         self.block_ms = block_ms
         self.drain_s = drain_s
         self.cancel_lost = cancel_lost  # stop work another consumer took over (else log only)
+        # (stream, wanted) -> entries released: called when a read found fewer than it had
+        # room for, so there is nothing else waiting in the stream that they would overtake.
+        self.top_up = top_up
         self.held: dict[tuple[str, bytes], Entry] = {}  # ids are unique per stream only
         self.stopping = asyncio.Event()
         self._room = asyncio.Event()
@@ -163,20 +169,22 @@ class Engine:
         """One reader per stream, so a quiet shard never holds up a busy one (and every read
         touches one slot, as a Redis Cluster needs)."""
         backoff_s = 0.1
+        # With a top_up, a read blocks only once the stream ran dry and top_up found nothing
+        # to release; after each blocking read the next one does not block, so demand is
+        # weighed again whenever the stream is empty (a blocked read's count is stale).
+        dry = self.top_up is None
         while not self.stopping.is_set():
             room = self.kind.room(len(self.held))
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            # Readers share the room: each asks for its part, at least one entry.
+            count = max(1, room // len(self.kind.streams))
+            block = self.block_ms if dry else None
             try:
                 reply = await self.redis.xreadgroup(
-                    self.kind.group,
-                    self.consumer,
-                    {stream: ">"},
-                    # Readers share the room: each asks for its part, at least one entry.
-                    count=max(1, room // len(self.kind.streams)),
-                    block=self.block_ms,
+                    self.kind.group, self.consumer, {stream: ">"}, count=count, block=block
                 )
                 backoff_s = 0.1
             except ResponseError as exc:
@@ -190,9 +198,29 @@ class Engine:
                 backoff_s = min(backoff_s * 2, 1.0)
                 continue
             replies = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]], reply)
+            got = 0
             for _, entries in replies or []:
+                got += len(entries)
                 for entry_id, fields in entries:
                     self.take(stream, entry_id, fields or {}, 1)
+            if self.top_up is None or self.stopping.is_set():
+                continue
+            if block is not None:
+                dry = False  # the next read looks again without blocking
+            elif got < count:  # nothing more waiting: ask for more, block if there is none
+                dry = await self._top_up(self.top_up, stream, count - got) == 0
+
+    @staticmethod
+    async def _top_up(
+        top_up: Callable[[str, int], Awaitable[int]], stream: str, wanted: int
+    ) -> int:
+        """Ask the kind for more work on ``stream``; what it releases is read next round."""
+        try:
+            return await top_up(stream, wanted)
+        except (RedisError, OSError) as exc:
+            # Nothing lost: the work stays where it was, and the next short read asks again.
+            log.warning("top-up failed", extra={"stream": stream, "error": str(exc)})
+            return 0
 
     def take(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
