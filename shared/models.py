@@ -283,6 +283,19 @@ class ErrorResponse(msgspec.Struct):
     error: ErrorBody
 
 
+class TierExceeded(msgspec.Struct, kw_only=True):
+    """A WhatsApp template job refused for its portfolio's messaging tier (422, code
+    ``tier_exceeded``, field ``recipients``): these sit beside code, message and field in the
+    error, for a client to act on. Sending the job with ``"tier": "spread"`` accepts it."""
+
+    can_send_now: int  # people the tier has left now
+    tier: int  # the portfolio's tier: unique people outside a service window per moving 24 h
+    portfolio: str  # FANOUT_WA_PORTFOLIOS' name, or the number's id when it is in none
+    reached_24h: int  # people the portfolio reached outside a window in the last 24 h
+    would_count: int | None  # the job's people who would count; None: more than the tier
+    room_at: str | None  # when the whole job fits (ISO 8601); None: it is larger than the tier
+
+
 class Chunk(msgspec.Struct, kw_only=True):
     """One work-stream entry: a run of consecutive recipients of one job."""
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema
 import msgspec
 import pytest
 import redis
@@ -36,7 +37,9 @@ TEMPLATE = {
     "template": {
         "name": "order_update",
         "language": {"code": "en_US"},
-        "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{name|friend}}"}]}],
+        "components": [
+            {"type": "body", "parameters": [{"type": "text", "text": "{{name|friend}}"}]}
+        ],
     }
 }
 
@@ -482,7 +485,7 @@ def test_checks_count_against_the_tier(
     )
     assert suppressed.status_code == 200, suppressed.text
     before = set(r.keys("*"))
-    body = {k: v for k, v in wa_job(recipients=["+" + p for p in people]).items()}
+    body = wa_job(recipients=["+" + p for p in people])
     answer = client.post("/v1/checks", json=body, headers=AUTH)
     assert answer.status_code == 200, answer.text
     data = answer.json()
@@ -498,3 +501,41 @@ def test_checks_count_against_the_tier(
     plain = client.post("/v1/checks", json={**messenger, "recipients": ["1"]}, headers=AUTH)
     assert "channel" not in plain.json()  # Messenger's answer is as it was
     assert set(r.keys("*")) == before
+
+
+# ---- the contract ----
+
+
+def test_openapi_documents_the_whatsapp_job_and_its_answers(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    job = schemas["WhatsAppJobRequest"]
+    assert set(job["required"]) == {"channel", "phone_number_id", "message", "recipients"}
+    assert job["properties"]["tier"]["enum"] == ["refuse", "spread"]
+    assert "page_id" not in job["properties"] and "messaging_type" not in job["properties"]
+    assert {"channel", "phone_number_id", "tier"} <= set(schemas["JobView"]["properties"])
+    assert {"tier", "tier_left", "would_count"} <= set(schemas["CheckAnswer"]["properties"])
+
+    def check(path: str, status: int, body: Any) -> None:
+        answer = doc["paths"][path]["post"]
+        content = answer["responses"][str(status)]["content"]["application/json"]["schema"]
+        validator = jsonschema.Draft202012Validator({**content, "components": doc["components"]})
+        validator.validate(body)
+
+    request = {"requestBody": doc["paths"]["/v1/jobs"]["post"]["requestBody"]}
+    body_schema = request["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema.Draft202012Validator({**body_schema, "components": doc["components"]}).validate(
+        wa_job()
+    )
+    accepted = client.post("/v1/jobs", json=wa_job(), headers=AUTH)
+    check("/v1/jobs", 202, accepted.json())
+    people = [f"4477009{i:05d}" for i in range(300)]
+    refused = client.post("/v1/jobs", json=wa_job(recipients=people), headers=AUTH)
+    assert refused.json()["error"]["code"] == "tier_exceeded"
+    check("/v1/jobs", 422, refused.json())
+    tier_schema = {"$ref": "#/components/schemas/TierExceededResponse"}
+    jsonschema.Draft202012Validator({**tier_schema, "components": doc["components"]}).validate(
+        refused.json()
+    )
+    checked = client.post("/v1/checks", json=wa_job(), headers=AUTH)
+    check("/v1/checks", 200, checked.json())

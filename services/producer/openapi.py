@@ -29,7 +29,11 @@ from shared.models import (
     SuppressAdded,
     SuppressionPage,
     SuppressRequest,
+    TierExceeded,
     UploadSpec,
+    WhatsAppCheckRequest,
+    WhatsAppJobRequest,
+    WhatsAppUploadSpec,
     json_encode,
 )
 
@@ -102,9 +106,23 @@ def build() -> dict[str, Any]:
             *(JobRequest, UploadSpec, JobAccepted, JobView, JobList, ErrorPage, ErrorResponse),
             *(SuppressRequest, SuppressAdded, SuppressionPage, PersonView),
             *(SendTestRequest, SendTestAnswer, JobSeries, CheckRequest, CheckAnswer),
+            *(WhatsAppJobRequest, WhatsAppUploadSpec, WhatsAppCheckRequest, TierExceeded),
         ],
         ref_template=_REF,
     )
+    # A WhatsApp template job beyond its portfolio's tier: its error carries TierExceeded too.
+    both = [{"$ref": _REF.format(name=name)} for name in ("ErrorBody", "TierExceeded")]
+    components["TierExceededResponse"] = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"allOf": both}},
+    }
+    either = [{"$ref": _REF.format(name=n)} for n in ("ErrorResponse", "TierExceededResponse")]
+    refused = {
+        "description": "refused; nothing written (a WhatsApp template job beyond its tier:"
+        ' code tier_exceeded with the fields of TierExceeded; "tier": "spread" accepts it)',
+        "content": {"application/json": {"schema": {"anyOf": either}}},
+    }
     job_id = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
     page = [
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
@@ -125,8 +143,15 @@ def build() -> dict[str, Any]:
         "type": "object",
         "required": ["spec", "recipients"],
         "properties": {
-            "spec": {"type": "string", "description": "UploadSpec as JSON"},
-            "recipients": {"type": "string", "format": "binary", "description": "CSV, id column"},
+            "spec": {
+                "type": "string",
+                "description": "UploadSpec (or, channel whatsapp, WhatsAppUploadSpec) as JSON",
+            },
+            "recipients": {
+                "type": "string",
+                "format": "binary",
+                "description": "CSV with an id column: PSIDs, or E.164 numbers for WhatsApp",
+            },
         },
     }
     return {
@@ -153,7 +178,9 @@ def build() -> dict[str, Any]:
                         "required": True,
                         "content": {
                             "application/json": {
-                                "schema": _one_of("JobRequest", "SendTestRequest")
+                                "schema": _one_of(
+                                    "JobRequest", "WhatsAppJobRequest", "SendTestRequest"
+                                )
                             },
                             "multipart/form-data": {"schema": upload},
                         },
@@ -167,6 +194,7 @@ def build() -> dict[str, Any]:
                             },
                         },
                         **_errors(400, 401, 403, 409, 411, 413, 415, 422),
+                        "422": refused,
                     },
                 },
                 "get": {
@@ -202,7 +230,14 @@ def build() -> dict[str, Any]:
             "/v1/checks": {
                 "post": {
                     "operationId": "checkJob",
-                    "requestBody": {"required": True, "content": _json("CheckRequest")},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": _one_of("CheckRequest", "WhatsAppCheckRequest")
+                            }
+                        },
+                    },
                     "responses": {
                         "200": _answer("CheckAnswer", "what the job would meet at dispatch"),
                         **_errors(400, 401, 403, 413, 422),

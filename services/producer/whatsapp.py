@@ -39,6 +39,7 @@ from shared import keys, window
 from shared.errors import ApiError
 from shared.messages import Personalised, RenderError
 from shared.models import (
+    TierExceeded,
     WhatsAppJobRequest,
     WhatsAppUploadSpec,
     json_encode,
@@ -310,12 +311,14 @@ async def check_tier(
         "tier_exceeded",
         message,
         "recipients",
-        {
-            "can_send_now": found.left,
-            "tier": found.tier,
-            "portfolio": found.portfolio,
-            "reached_24h": found.reached,
-            "would_count": found.would_count if whole else None,
-            "room_at": None if when is None else _iso(when),
-        },
+        msgspec.structs.asdict(
+            TierExceeded(
+                can_send_now=found.left,
+                tier=found.tier,
+                portfolio=found.portfolio,
+                reached_24h=found.reached,
+                would_count=found.would_count if whole else None,
+                room_at=None if when is None else _iso(when),
+            )
+        ),
     )
