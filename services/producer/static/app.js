@@ -371,12 +371,17 @@
     return row;
   }
 
+  // The job's sender as the page shows it: a Messenger page, or a WhatsApp number.
+  function sender(job) {
+    return job.channel === "whatsapp" ? `WhatsApp ${job.phone_number_id}` : `page ${job.page_id}`;
+  }
+
   function updateRow(row, job) {
     const [jobCell, statusCell, totalCell, progressCell, createdCell, sentCell, failedCell] =
       row.cells;
     const name = job.metadata && typeof job.metadata.name === "string" ? job.metadata.name : "";
     jobCell.querySelector(".job-label").textContent =
-      name ? `${name} · page ${job.page_id}` : `page ${job.page_id}`;
+      name ? `${name} · ${sender(job)}` : sender(job);
     sentCell.textContent = number(job.sent);
     failedCell.textContent = number(job.failed);
     setBadge(statusCell.firstElementChild, job.status);
@@ -593,7 +598,7 @@
     view.job = job;
     setBadge($("job-status"), job.status);
     const jobName = job.metadata && typeof job.metadata.name === "string" ? job.metadata.name : "";
-    $("job-meta").textContent = [jobName, `page ${job.page_id}`, job.message_kind]
+    $("job-meta").textContent = [jobName, sender(job), job.message_kind]
       .filter(Boolean).join(" · ");
     const reason = $("job-reason");
     const held = HOLDS[job.page_hold] || "";
