@@ -26,7 +26,7 @@ import redis
 from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
 
 from services.fakegraph.webhooks import display_number as fake_display
-from shared import keys, webhooks, window
+from shared import keys, suppressions, webhooks, window
 from shared.providers import whatsapp_webhooks as wa
 
 SECRET = "app-secret-0123456789abcdef"
@@ -134,6 +134,12 @@ def _job(r: redis.Redis, total: int, number: str = NUMBER, shard: int = 0) -> st
     r.hincrby(k.stats, "running", 1)
     r.zadd(keys.page_jobs(number), {job_id: int(time.time() * 1000)})
     return job_id
+
+
+def _suppressed(r: redis.Redis, number: str, person: str) -> bytes | None:
+    """The person's entry on the number's suppression list ("<ms> <code>"), or None."""
+    found: bytes | None = r.hget(suppressions.key_of(number, person), person)  # type: ignore[assignment]
+    return found
 
 
 def _counts(r: redis.Redis, job_id: str) -> dict[str, int]:
@@ -274,6 +280,11 @@ def test_statuses_shuffled_and_duplicated_count_exactly_the_truth(hearing: Stack
     assert {e[1][b"code"] for e in errors} == {b"131026"}
     assert all(b"Message undeliverable" in e[1][b"message"] for e in errors)
     assert r.hget(k.hash, "billable:marketing") == str(expected["billable"]).encode()
+    # 131026 (undeliverable) suppresses the person on the number's list, as the answer would.
+    failed = {s["recipient_id"] for s in statuses if s["status"] == "failed"}
+    listed = {p for p in map(_person, range(people)) if _suppressed(r, NUMBER, p)}
+    assert listed == failed
+    assert all(_suppressed(r, NUMBER, p).endswith(b" 131026") for p in failed)  # type: ignore[union-attr]
     for shard in range(2):
         assert r.xpending(keys.inbox(shard), keys.INBOX_GROUP)["pending"] == 0
 
@@ -357,6 +368,20 @@ def test_quality_downgrade_pauses_the_numbers_jobs_with_the_reason(hearing: Stac
     assert reason == f"number_quality: {said}"
     assert r.hget(keys.page_state(NUMBER), "restricted") == b"1"  # its new jobs are refused
     assert r.hget(keys.JobKeys.of(elsewhere).hash, "status") == b"running"
+    # 131048 (spam rate limit) in a failed status pauses that number's jobs, as the answer would.
+    spam = _status(elsewhere, 1, "failed", int(time.time()), errors=_failed(131048))
+    spam["errors"][0]["title"] = "Spam rate limit hit"
+    assert _post(api, _notification(statuses=[spam], number="999000111")).status_code == 200
+    wait_for(
+        lambda: r.hget(keys.JobKeys.of(elsewhere).hash, "status") == b"paused",
+        20,
+        "the other number's job to be paused",
+    )
+    reason = r.hget(keys.JobKeys.of(elsewhere).hash, "reason")
+    assert (
+        reason
+        == b"page_restricted: Meta reported 131048 Spam rate limit hit: Message Undeliverable."
+    )
 
 
 def test_meta_payloads_parse_into_what_fanout_acts_on() -> None:
@@ -487,6 +512,12 @@ def test_the_stand_ins_statuses_out_of_order_and_twice_count_its_truth(hearing: 
         job["read"],
         job["undelivered"],
     )
+    # The people Meta reported undeliverable (131026) are suppressed: the next job skips them.
+    second = _submit(hearing, people)
+    assert second.status_code == 202, second.text
+    done = hearing.wait_done(second.json()["job_id"], 60)
+    assert done["skipped_reasons"] == {"suppressed": truth["wa_failed"]}
+    assert done["sent"] == 400 - truth["wa_failed"]
 
 
 def test_people_who_wrote_in_are_inside_the_window_and_free_of_the_tier(hearing: Stack) -> None:

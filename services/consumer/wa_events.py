@@ -7,7 +7,11 @@ order-free, because Meta retries and reorders:
                                 position in ``biz_opaque_callback_data`` (read implies
                                 delivered; wa_status.lua)
   statuses[] failed             the error in the job's errors stream and its ``undelivered``
-                                count (the send itself stays sent)
+                                count (the send itself stays sent); the code read with the
+                                send answers' table (shared/providers/whatsapp.py): 131026 /
+                                131050 suppress the person on the number's list, 131048 / 368
+                                pause the number's jobs, as when the send itself answers them
+                                (Meta reports most of these only here, after accepting the send)
   messages[].from               opens the person's 24-hour service window with the number
                                 (shared.window.touch, newest wins)
   phone_number_quality_update   DOWNGRADE or FLAGGED: every job of the number paused fleet-wide
@@ -20,11 +24,13 @@ Parsing: shared/providers/whatsapp_webhooks.py.
 from __future__ import annotations
 
 import logging
+import time
 
 from redis.asyncio import Redis
 
 from services.consumer.ledger import ERRORS_CAP
-from shared import audit, control, keys, metrics, webhooks, window
+from shared import audit, control, keys, metrics, suppressions, webhooks, window
+from shared.providers import whatsapp
 from shared.providers import whatsapp_webhooks as wa
 from shared.scripts import Scripts
 
@@ -85,7 +91,7 @@ class WhatsAppEvents:
             return
         job_id, position = ours
         k = keys.JobKeys.of(job_id)
-        delivered, read, undelivered = await self.scripts.wa_status(
+        delivered, read, undelivered, failed = await self.scripts.wa_status(
             keys=[k.hash, k.delivered, k.read, k.undelivered, k.errors, k.series],
             args=[
                 receipt.status,
@@ -102,10 +108,29 @@ class WhatsAppEvents:
             _RECEIPTS["delivered"].inc(delivered)
         if read:
             _RECEIPTS["read"].inc(read)
-        if undelivered > 0:
+        if failed:
             log.info(
                 "WhatsApp reported a send undelivered",
                 extra={"job_id": job_id, "position": position, "code": receipt.code},
+            )
+            await self._failed(receipt)
+
+    async def _failed(self, receipt: wa.Receipt) -> None:
+        """Act on a failed status's code once (its first arrival), as on the same answer."""
+        if not receipt.code.isdigit():
+            return
+        decision = whatsapp.decide(int(receipt.code), receipt.detail)
+        if decision.suppress and receipt.recipient:
+            at_ms = receipt.ts_s * 1000 or int(time.time() * 1000)
+            await suppressions.add(
+                self.redis, receipt.number, [receipt.recipient], receipt.code, at_ms
+            )
+        elif decision.verdict == "restricted":
+            reason = f"page_restricted: Meta reported {receipt.detail}"[:_REASON_MAX]
+            paused = await control.pause_page(self.scripts, receipt.number, reason)
+            log.error(
+                "WhatsApp restricted the number: its jobs are paused",
+                extra={"number": receipt.number, "code": receipt.code, "jobs": len(paused)},
             )
 
     async def _quality(self, quality: wa.Quality) -> None:

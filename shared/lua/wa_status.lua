@@ -4,7 +4,7 @@
 --   delivered  flips delivered
 --   failed     flips the job's undelivered bit (a failed status was received) and records the
 --              error once in the job's errors stream; sent/failed/skipped are not touched (Meta
---              had accepted the send)
+--              had accepted the send); the caller acts on the code once, when this flips
 -- The job's `undelivered` counts recipients with a failed status and no delivered one: a
 -- delivery on another device after the failure takes them out of it, whichever comes first.
 -- Counters move only when a bit flips, so a duplicate or an older status changes nothing. A job
@@ -14,16 +14,17 @@
 -- ARGV: 1 'delivered' | 'read' | 'failed', 2 the number the status is about, 3 position,
 --       4 recipient, 5 error code, 6 error text, 7 errors stream cap,
 --       8 pricing category when Meta says billable ('' if not)
--- Returns {delivered flipped, read flipped, undelivered change (-1, 0 or 1)}
+-- Returns {delivered flipped, read flipped, undelivered change (-1, 0 or 1), failed flipped}
 local job = redis.call('HMGET', KEYS[1], 'total', 'page_id')
 local total = tonumber(job[1] or '0')
-if total == 0 or job[2] ~= ARGV[2] then return {0, 0, 0} end
+if total == 0 or job[2] ~= ARGV[2] then return {0, 0, 0, 0} end
 local pos = tonumber(ARGV[3])
-if not pos or pos < 0 or pos >= total then return {0, 0, 0} end
+if not pos or pos < 0 or pos >= total then return {0, 0, 0, 0} end
 local kind = ARGV[1]
-local d, r, u = 0, 0, 0
+local d, r, u, f = 0, 0, 0, 0
 if kind == 'failed' then
   if redis.call('SETBIT', KEYS[4], pos, 1) == 0 then
+    f = 1
     redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'recipient', ARGV[4],
       'code', ARGV[5], 'subcode', '', 'message', 'not delivered (status webhook): ' .. ARGV[6],
       'attempts', 1)
@@ -42,4 +43,4 @@ if d > 0 then redis.call('HINCRBY', KEYS[1], 'delivered', d) end
 if r > 0 then redis.call('HINCRBY', KEYS[1], 'read', r) end
 if u ~= 0 then redis.call('HINCRBY', KEYS[1], 'undelivered', u) end
 series_add(KEYS[6], 0, 0, d, r)
-return {d, r, u}
+return {d, r, u, f}
