@@ -21,6 +21,7 @@ from test_fakegraph import ServerThread
 
 from services.fakegraph.server import FakeGraph, FakeGraphConfig
 from shared.classify import Decision
+from shared.messages import Personalised, RenderError
 from shared.provider import MessengerClient, SendResult
 from shared.providers import JobFields, provider_for
 from shared.providers.whatsapp import PROVIDER, WhatsAppRequest, request_path, wamid
@@ -129,6 +130,48 @@ def test_a_text_body_and_personalisation_that_breaks_a_limit() -> None:
     too_long = request.body("447700900001", {"name": "x" * 4096})
     assert isinstance(too_long, Decision)
     assert (too_long.verdict, too_long.code) == ("failed", "text_too_long")
+
+
+SPLICED = [
+    TEMPLATE,
+    b'{"text":{"body":"Hi {{name}}, \\"quoted\\" \\u00e9\\n","preview_url":true}}',
+    b'{"text":{"body":"{{name}}"}}',
+    b'{"template":{"name":"t","language":{"code":"en"},"components":[{"type":"body",'
+    b'"parameters":[{"type":"text","text":"Order {{order|n/a}}","parameter_name":"o"}]}]}}',
+    # placeholders in a link or a payload: the full fill and check for everyone
+    b'{"template":{"name":"t","language":{"code":"en"},"components":[{"type":"header",'
+    b'"parameters":[{"type":"image","image":{"link":"https://x.example/{{name}}.png"}}]}]}}',
+    b'{"template":{"name":"t","language":{"code":"en"},"components":[{"type":"button",'
+    b'"sub_type":"quick_reply","index":"0","parameters":[{"type":"payload","payload":"{{name}}"}]}'
+    b',{"type":"body","parameters":[{"type":"text","text":"{{name}}"}]}]}}',
+]
+VALUES = [
+    {"name": "Ann", "order": "A-1"},
+    {"name": 'Zoë "Q" \\ </script>\u2028', "order": ""},
+    {"name": "x" * 4096},
+    {"name": "x" * 40_000},
+    {"name": ""},
+    {},
+]
+
+
+@pytest.mark.parametrize("raw", SPLICED)
+def test_personalised_bodies_are_the_full_fill_byte_for_byte(raw: bytes) -> None:
+    """The quick path (segments around text placeholders) sends exactly what the full fill and
+    re-check would, and fails the same people with the same error."""
+    message = decode_message(raw)
+    request = WhatsAppRequest("0-job", message, personal=True)
+    full = Personalised(message)
+    head = b'{"messaging_product":"whatsapp","recipient_type":"individual","to":"447700900001",'
+    for values in VALUES:
+        body = request.body("447700900001", values)
+        try:
+            expected: bytes | Decision = (
+                head + b'"type":"%s",' % message.type.encode() + full.render_json(values)[1:]
+            )
+        except RenderError as exc:
+            expected = Decision("failed", exc.code, "", exc.message)
+        assert body == expected, values
 
 
 def test_the_provider_is_the_channels() -> None:
