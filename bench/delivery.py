@@ -1,26 +1,42 @@
-"""Delivery throughput, measured against a baseline from the same run.
+"""Delivery throughput and its Redis cost, measured against baselines from the same run.
 
     .venv/bin/python bench/delivery.py [--messages 50000] [--concurrency 256]
+                                       [--rates 40,300] [--limited-seconds 10]
 
 Starts its own redis-server and fakegraph (no added latency), then measures:
-  1. baseline: a bare aiohttp loop (uvloop) POSTing the same messages to the same fakegraph
-     at the same concurrency, in its own process, as the consumer is;
-  2. fanout: producer -> Redis -> 1 consumer -> fakegraph, from POST /v1/jobs to completed;
-  3. the time POST /v1/jobs takes for 100,000 recipients;
-  4. Redis commands per delivered message (INFO commandstats before and after).
-Prints msgs/s and the ratio fanout / baseline. No assertions: figures go in the README.
+  1. baselines: a bare aiohttp loop (uvloop), and a bare loop on fanout's own HTTP pool,
+     POSTing the same messages to the same fakegraph at the same concurrency, each in its own
+     process as the consumer is (and the CPU each spends per message);
+  2. fanout: producer -> Redis -> 1 consumer -> fakegraph on a page with no limit, from POST
+     /v1/jobs to completed: msgs/s, the ratio to the bare loop on the same pool (issue 14,
+     goal 1), the consumer's and Redis's CPU per message;
+  3. what recording costs Redis (issue 14, goal 3), on that unlimited page and on pages limited
+     to each of ``--rates`` messages/s (``--limited-seconds`` of messages each):
+       round trips per message  Redis's socket reads (INFO stats total_reads_processed) while
+                                the job ran, less the benchmark's own polls: each request or
+                                pipeline a client sends is read at least once, so this counts
+                                every client's round trips (producer, consumer, upkeep), a
+                                large pipeline or script call sometimes twice
+       script calls per message EVALSHA (INFO commandstats)
+       commands per message     every command Redis ran, inside Lua too
+       Redis CPU per message    INFO cpu used_cpu_sys + used_cpu_user
+  4. the time POST /v1/jobs takes for 100,000 recipients.
+No assertions: figures go in the README. The machine may be shared: run it several times.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,7 +45,15 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import API_TOKEN, PAGE, PAGE_TOKEN, ROOT, free_port, wait
 
-__all__ = ["API_TOKEN", "PAGE", "PAGE_TOKEN", "ROOT", "commands", "free_port", "wait"]
+sys.path.insert(0, str(ROOT))
+from shared.keys import JobKeys
+
+__all__ = ["API_TOKEN", "PAGE", "PAGE_TOKEN", "ROOT", "free_port", "wait"]
+
+
+def limited_page(i: int) -> str:
+    """The page of the i-th limited run; its rate comes from FANOUT_PAGE_RATE_LIMITS."""
+    return str(2001 + i)
 
 
 BASELINE = textwrap.dedent(
@@ -53,29 +77,6 @@ BASELINE = textwrap.dedent(
     uvloop.run(main())
     """
 )
-
-
-# Commands fanout only ever runs inside its Lua scripts, and the benchmark's own status polls.
-_INSIDE_SCRIPTS = {
-    "getbit",
-    "setbit",
-    "hincrby",
-    "hset",
-    "hget",
-    "hmget",
-    "exists",
-    "time",
-    "persist",
-    "zadd",
-    "xack",
-    "xdel",
-    "xadd",
-    "lpop",
-    "xpending",
-    "xclaim",
-    "xautoclaim",
-}
-_NOT_DELIVERY = {"info", "hgetall", "ping"}
 
 
 POOL_BASELINE = textwrap.dedent(
@@ -102,7 +103,30 @@ POOL_BASELINE = textwrap.dedent(
 )
 
 
-def bare_loop(source: str, url: str, n: int, concurrency: int) -> float:
+@dataclass
+class Loop:
+    rate: float  # msgs/s
+    cpu_us: float  # the loop's own CPU per message
+    graph_cpu_us: float  # fakegraph's CPU per message meanwhile
+
+
+@dataclass
+class Cost:
+    """What one job cost Redis, per delivered message."""
+
+    round_trips: float
+    scripts: float
+    commands: float
+    cpu_us: float
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bare_loop(source: str, url: str, n: int, concurrency: int, graph_pid: int) -> Loop:
+    cpu, graph_cpu = children_cpu_s(), cpu_seconds(graph_pid)
     out = subprocess.run(
         [sys.executable, "-c", source, url, str(n), str(concurrency), PAGE_TOKEN],
         capture_output=True,
@@ -110,7 +134,11 @@ def bare_loop(source: str, url: str, n: int, concurrency: int) -> float:
         check=True,
         cwd=ROOT,
     )
-    return float(out.stdout.strip())
+    return Loop(
+        float(out.stdout.strip()),
+        (children_cpu_s() - cpu) / n * 1e6,
+        (cpu_seconds(graph_pid) - graph_cpu) / n * 1e6,
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -126,13 +154,54 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def commands(r: redis.Redis) -> tuple[int, int]:
-    """(round trips from clients, all commands including those run inside scripts)."""
-    stats = r.info("commandstats")
-    calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-    everything = sum(v for k, v in calls.items() if k not in _NOT_DELIVERY)
-    top_level = sum(v for k, v in calls.items() if k not in _INSIDE_SCRIPTS | _NOT_DELIVERY)
-    return top_level, everything
+class RedisMeter:
+    """Redis's own counters, before and after a job; the benchmark's own calls left out."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self.r = r
+        self.own = 0  # round trips this benchmark made meanwhile (polls, INFO)
+        self._start = self._read()
+
+    def _read(self) -> tuple[int, int, int, float]:
+        info = self.r.info("everything")
+        self.own += 1
+        scripts = int(info.get("cmdstat_evalsha", {}).get("calls", 0))
+        scripts += int(info.get("cmdstat_eval", {}).get("calls", 0))
+        cpu = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return (
+            int(info["total_reads_processed"]),
+            scripts,
+            int(info["total_commands_processed"]),
+            cpu,
+        )
+
+    def poll(self, key: str) -> object:
+        self.own += 1
+        return self.r.hget(key, "status")
+
+    def cost(self, messages: int) -> Cost:
+        end = self._read()
+        reads, scripts, commands, cpu = (b - a for a, b in zip(self._start, end, strict=True))
+        # Our INFO and HGET calls are reads and commands too (the last INFO's read is counted
+        # in its own answer, so every one of ours counts once).
+        return Cost(
+            (reads - self.own) / messages,
+            scripts / messages,
+            (commands - self.own) / messages,
+            cpu / messages * 1e6,
+        )
+
+
+def run_job(api: httpx.Client, r: redis.Redis, body: Mapping[str, object], poll_s: float) -> Cost:
+    meter = RedisMeter(r)
+    job = api.post("/v1/jobs", json=body)
+    job.raise_for_status()
+    key = JobKeys.of(job.json()["job_id"]).hash
+    while meter.poll(key) != b"completed":
+        time.sleep(poll_s)
+    recipients = body["recipients"]
+    assert isinstance(recipients, list)
+    return meter.cost(len(recipients))
 
 
 def main() -> int:
@@ -141,7 +210,10 @@ def main() -> int:
     )
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--rates", default="40,300", help="limited pages' rates, msgs/s")
+    parser.add_argument("--limited-seconds", type=float, default=10.0)
     args = parser.parse_args()
+    rates = [int(x) for x in args.rates.split(",") if x.strip()]
     tmp = tempfile.mkdtemp(prefix="fanout-bench-")
     procs: list[subprocess.Popen[bytes]] = []
     redis_port, graph_port, api_port = free_port(), free_port(), free_port()
@@ -149,7 +221,12 @@ def main() -> int:
         **os.environ,
         "FANOUT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "FANOUT_API_TOKENS": f"bench={API_TOKEN}",
-        "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
+        "FANOUT_PAGE_TOKENS": ",".join(
+            f"{page}={PAGE_TOKEN}" for page in [PAGE, *map(limited_page, range(len(rates)))]
+        ),
+        "FANOUT_PAGE_RATE_LIMITS": ",".join(
+            f"{limited_page(i)}={rate}" for i, rate in enumerate(rates)
+        ),
         "FANOUT_GRAPH_URL": f"http://127.0.0.1:{graph_port}",
         "FANOUT_CONCURRENCY": str(args.concurrency),
         # The queue's own speed: no page limit (Meta's 300/s would make this a rate test).
@@ -159,74 +236,70 @@ def main() -> int:
     }
     py = [sys.executable, "-m"]
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    shutil.which("redis-server") or "redis-server",
-                    "--port",
-                    str(redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    tmp,
-                ],
-                stdout=subprocess.DEVNULL,
-            )
+        redis_server = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server",
+                *("--port", str(redis_port), "--save", "", "--appendonly", "no"),
+                *("--dir", tmp),
+            ],
+            stdout=subprocess.DEVNULL,
         )
-        procs.append(
-            subprocess.Popen(
-                [*py, "services.fakegraph", "--port", str(graph_port)],
-                env=env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-            )
+        procs.append(redis_server)
+        fakegraph = subprocess.Popen(
+            [*py, "services.fakegraph", "--port", str(graph_port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
         )
-        procs.append(
-            subprocess.Popen(
-                [*py, "services.cli", "producer", "--port", str(api_port)], env=env, cwd=ROOT
-            )
-        )
+        procs.append(fakegraph)
         r = redis.Redis(port=redis_port)
         graph = httpx.Client(base_url=env["FANOUT_GRAPH_URL"])
+        wait(r.ping, "redis")
+        wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
+
+        graph_url = env["FANOUT_GRAPH_URL"]
+        n, conc = args.messages, args.concurrency
+        baseline = bare_loop(BASELINE, f"{graph_url}/v21.0/me/messages", n, conc, fakegraph.pid)
+        pool_baseline = bare_loop(POOL_BASELINE, graph_url, n, conc, fakegraph.pid)
+        graph.post("/_fake/reset")
+
+        producer = subprocess.Popen(
+            [*py, "services.cli", "producer", "--port", str(api_port)], env=env, cwd=ROOT
+        )
+        procs.append(producer)
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{api_port}",
             headers={"Authorization": f"Bearer {API_TOKEN}"},
             timeout=60,
         )
-        wait(r.ping, "redis")
-        wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
         wait(lambda: api.get("/readyz").status_code == 200, "producer")
-
-        graph_url = env["FANOUT_GRAPH_URL"]
-        n, conc = args.messages, args.concurrency
-        baseline = bare_loop(BASELINE, f"{graph_url}/v21.0/me/messages", n, conc)
-        pool_baseline = bare_loop(POOL_BASELINE, graph_url, n, conc)
-        graph.post("/_fake/reset")
-
         body = {
             "page_id": PAGE,
             "message": {"text": "Hello"},
             "messaging_type": "UPDATE",
-            "recipients": [str(10**12 + i) for i in range(args.messages)],
+            "recipients": [str(10**12 + i) for i in range(n)],
         }
-        before = commands(r)
         consumer = subprocess.Popen([*py, "services.cli", "consumer"], env=env, cwd=ROOT)
         procs.append(consumer)
         wait(lambda: r.exists("fanout:{0}:work"), "consumer")
-        cpu_before = cpu_seconds(consumer.pid)
+        cpu_before = cpu_seconds(consumer.pid), cpu_seconds(fakegraph.pid)
         started = time.perf_counter()
-        job = api.post("/v1/jobs", json=body).json()
-        while api.get(job["status_url"]).json()["status"] != "completed":
-            time.sleep(0.01)
-        fanout = args.messages / (time.perf_counter() - started)
-        cpu_per_message_us = (cpu_seconds(consumer.pid) - cpu_before) / args.messages * 1e6
+        unlimited = run_job(api, r, body, 0.02)
+        fanout = n / (time.perf_counter() - started)
+        consumer_cpu_us = (cpu_seconds(consumer.pid) - cpu_before[0]) / n * 1e6
+        graph_cpu_us = (cpu_seconds(fakegraph.pid) - cpu_before[1]) / n * 1e6
         consumer_rss = peak_rss_mb(consumer.pid)
-        after = commands(r)
-        round_trips = (after[0] - before[0]) / args.messages
-        inside = (after[1] - before[1]) / args.messages
         delivered = graph.get("/_fake/stats").json()
+
+        limited: list[tuple[int, int, Cost]] = []
+        for i, rate in enumerate(rates):
+            count = max(1, int(rate * args.limited_seconds))
+            limited_body = {
+                **body,
+                "page_id": limited_page(i),
+                "recipients": [str(2 * 10**12 + i * 10**6 + j) for j in range(count)],
+            }
+            limited.append((rate, count, run_job(api, r, limited_body, 0.1)))
 
         big = {**body, "recipients": [str(10**12 + i) for i in range(100_000)]}
         t = time.perf_counter()
@@ -235,22 +308,52 @@ def main() -> int:
 
         print(
             f"\nmachine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; "
-            f"{args.messages:,} messages, {args.concurrency} in flight"
+            f"{n:,} messages, {conc} in flight; load average now "
+            f"{os.getloadavg()[0]:.1f} (a shared machine is noisy: run it several times)"
         )
-        print(f"{'fanout (producer->redis->consumer)':40s} {fanout:10,.0f} msgs/s")
-        print(f"{'bare aiohttp loop':40s} {baseline:10,.0f} msgs/s")
-        print(f"{'bare loop on fanout HTTP pool':40s} {pool_baseline:10,.0f} msgs/s")
-        print(f"{'ratio fanout / bare aiohttp loop':40s} {fanout / baseline:10.2f}")
-        print(f"{'ratio fanout / bare loop, same pool':40s} {fanout / pool_baseline:10.2f}")
-        print(f"{'redis round trips per message':40s} {round_trips:10.3f}")
-        print(f"{'consumer CPU per message':40s} {cpu_per_message_us:10.1f} us")
-        print(f"{'consumer peak RSS':40s} {consumer_rss:10.0f} MiB")
-        print(f"{'redis commands per message, in Lua too':40s} {inside:10.3f}")
-        print(f"{'POST /v1/jobs, 100,000 recipients':40s} {submit_100k * 1000:10,.0f} ms")
+        line = "{:44s} {:>10s}  {}"
+        print(line.format("fanout (producer->redis->consumer)", f"{fanout:,.0f}", "msgs/s"))
+        print(line.format("bare aiohttp loop", f"{baseline.rate:,.0f}", "msgs/s"))
+        print(line.format("bare loop on fanout HTTP pool", f"{pool_baseline.rate:,.0f}", "msgs/s"))
+        print(line.format("ratio fanout / bare aiohttp loop", f"{fanout / baseline.rate:.2f}", ""))
         print(
-            f"{'fakegraph delivered / duplicates':40s} {delivered['delivered']:>10,} / "
-            f"{delivered['duplicates']}"
+            line.format(
+                "ratio fanout / bare loop, same pool", f"{fanout / pool_baseline.rate:.2f}", ""
+            )
         )
+        print(line.format("consumer CPU per message", f"{consumer_cpu_us:.1f}", "us"))
+        print(line.format("bare pool loop CPU per message", f"{pool_baseline.cpu_us:.1f}", "us"))
+        print(line.format("fakegraph CPU per message, fanout", f"{graph_cpu_us:.1f}", "us"))
+        print(
+            line.format(
+                "fakegraph CPU per message, pool loop", f"{pool_baseline.graph_cpu_us:.1f}", "us"
+            )
+        )
+        print(line.format("consumer peak RSS", f"{consumer_rss:.0f}", "MiB"))
+        print(line.format("POST /v1/jobs, 100,000 recipients", f"{submit_100k * 1000:,.0f}", "ms"))
+        print(
+            line.format(
+                "fakegraph delivered / duplicates",
+                f"{delivered['delivered']:,}",
+                f"/ {delivered['duplicates']}",
+            )
+        )
+        print("\nRedis per delivered message (issue 14, goal 3):")
+        head = "{:26s} {:>12s} {:>12s} {:>12s} {:>14s}"
+        print(head.format("page", "round trips", "scripts", "commands", "Redis CPU us"))
+        rows = [("unlimited", n, unlimited)] + [
+            (f"limited {rate}/s", count, cost) for rate, count, cost in limited
+        ]
+        for name, count, cost in rows:
+            print(
+                head.format(
+                    f"{name} ({count:,})",
+                    f"{cost.round_trips:.3f}",
+                    f"{cost.scripts:.3f}",
+                    f"{cost.commands:.2f}",
+                    f"{cost.cpu_us:.1f}",
+                )
+            )
     finally:
         for p in reversed(procs):  # consumer first, so it drains while Redis is still there
             p.terminate()

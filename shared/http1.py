@@ -24,6 +24,7 @@ import asyncio
 import base64
 import ssl
 import time
+from collections import deque
 from urllib.parse import unquote, urlsplit
 
 import httptools
@@ -210,8 +211,17 @@ class Pool:
                 self.base_path = f"http://{host_header}{self.base_path}"
         self.timeout_s = timeout_s
         self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(limit)
+        # A slot count and a FIFO of waiters rather than an asyncio.Semaphore: the consumer's
+        # senders never outnumber the slots, so the common case is one integer test.
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._all: set[_Connection] = set()
+        # Requests in flight and when each times out, checked by one sweep (``_sweep``) every
+        # ``_sweep_s`` while any are in flight, instead of a timer armed and cancelled per
+        # request: a timeout fires between timeout_s and timeout_s + _sweep_s after the send.
+        self._busy: dict[_Connection, float] = {}
+        self._sweep_s = min(1.0, max(0.01, timeout_s / 10))
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def frame_post(self, path: str, headers: bytes) -> tuple[bytes, bytes]:
         """The parts of a POST to ``path`` before and after its Content-Length value;
@@ -270,10 +280,17 @@ class Pool:
 
     async def post(self, head: tuple[bytes, bytes], body: bytes) -> Answer:
         """POST ``body`` with a request head from ``frame_post``; raises HttpError."""
-        async with self._slots:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+        else:
+            await self._slot()
+        try:
             conn = await self._connection()
             future = conn.send(head[0] + b"%d" % len(body) + head[1] + body)
-            timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, conn, future)
+            now = time.monotonic()
+            self._busy[conn] = now + self.timeout_s
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
             try:
                 answer = await future
             except BaseException:
@@ -281,7 +298,7 @@ class Pool:
                 self._all.discard(conn)
                 raise
             finally:
-                timer.cancel()
+                del self._busy[conn]
             if conn.reusable:
                 conn.last_used = time.monotonic()
                 self._idle.append(conn)
@@ -289,8 +306,46 @@ class Pool:
                 conn.close()
                 self._all.discard(conn)
             return answer
+        finally:
+            self._release()
+
+    async def _slot(self) -> None:
+        """Wait for a free slot, first come first served."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            # Cancelled after the slot was handed over: pass it on, not lose it.
+            if waiter.done() and not waiter.cancelled():
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        """A slot is free: to the first live waiter, or back to the count."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+    def _sweep(self) -> None:
+        """Time out requests past their deadline; again in ``_sweep_s`` while any are left."""
+        self._sweeper = None
+        now = time.monotonic()
+        for conn, deadline in list(self._busy.items()):
+            if now >= deadline:
+                waiter = conn.waiter
+                if waiter is not None:
+                    _expire(conn, waiter)
+        if self._busy:
+            self._sweeper = asyncio.get_running_loop().call_later(self._sweep_s, self._sweep)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in self._all:
             conn.close()
         self._all.clear()
