@@ -357,6 +357,22 @@ def test_tier_counts_new_people_outside_a_window_and_still_accepts(
     assert seen(http)["reached"] == {NUMBER: 1}
 
 
+def test_numbers_of_a_portfolio_share_its_tier(
+    fake: FakeGraph, http: httpx.Client, clock: Clock
+) -> None:
+    other = "999000111222333"
+    fake.configure(wa_tier=2, wa_portfolios={NUMBER: "shop", other: "shop"})
+    assert http.post(SEND, json=template("15551230001"), headers=AUTH).status_code == 200
+    clock.now += 10  # past the pair interval: the same person from the other number
+    sends = [("15551230001", other), ("15551230002", other), ("15551230003", NUMBER)]
+    for person, number in sends:
+        answer = http.post(f"/v21.0/{number}/messages", json=template(person), headers=AUTH)
+        assert answer.status_code == 200
+    state = seen(http)
+    assert state["reached"] == {"shop": 3}  # the person both numbers reached counts once
+    assert state["tier_violations"] == 1
+
+
 # ---- status webhooks ----
 
 

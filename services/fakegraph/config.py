@@ -95,9 +95,12 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     answers 131056 and counts a pair violation (Meta: 1 message every 6 s to the same user);
     0 = no pair limit."""
     wa_tier: int = 0
-    """> 0: unique people without an open service window a number may reach per moving 24 h;
+    """> 0: unique people without an open service window a portfolio may reach per moving 24 h;
     beyond it sends are still accepted (Meta has no dedicated code) and counted in
     `tier_violations`."""
+    wa_portfolios: dict[str, str] = {}
+    """phone_number_id -> business portfolio: the numbers of a portfolio share its tier (Meta
+    since 2025-10-07); a number in none is its own portfolio, named by its id."""
     wa_errors: dict[str, int] = {}
     """Recipient digits -> the error code every send to them answers: 131026 (undeliverable),
     131050 (stopped marketing), 131047 (re-engagement), 131049, 131048, 131056, 130429,

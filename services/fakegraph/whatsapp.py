@@ -15,13 +15,14 @@ title in ``message`` and ``error_data.details``):
        /_fake/window or /_fake/inbound, is over 24 h old or unknown: 131047)
     -> fail_rate (HTTP 500, 131000)
     -> accepted: ``contacts`` and ``messages[0].id`` = a ``wamid.``; a person new in the
-       number's moving 24 h who has no open window counts against ``wa_tier``, and beyond
+       portfolio's moving 24 h (``wa_portfolios``; a lone number is its own) who has no open
+       window counts against ``wa_tier``, and beyond
        the tier the send is still accepted and counted in ``tier_violations`` (Meta has no
        dedicated code for it); the answer then spoilt at the bad-answer rates, as Messenger's
 
 ``GET /_fake/whatsapp`` says what the fake saw: every accepted send with its receive time,
 number, recipient and type (tests count sends per second and per person from it), the pair
-and tier violations, and people reached per number.
+and tier violations, and people reached per portfolio.
 
 Sources:
   send body and answer  https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages
@@ -284,7 +285,8 @@ class WaStats:
         # (unix time received, number, to, type) of every accepted send, the first MAX_SENDS
         self.sends: list[tuple[float, str, str, str]] = []
         self.last: dict[tuple[str, str], float] = {}  # (number, to) -> last accepted send
-        self.reached: dict[str, dict[str, float]] = {}  # number -> person -> first in 24 h
+        # portfolio (a lone number: its id) -> person -> first reached within 24 h
+        self.reached: dict[str, dict[str, float]] = {}
         self.spam_counts: dict[str, int] = {}  # number -> accepted sends (wa_spam_after)
         self.pair_violations = 0
         self.tier_violations = 0
@@ -295,7 +297,7 @@ class WaStats:
             "accepted": len(self.sends),
             "pair_violations": self.pair_violations,
             "tier_violations": self.tier_violations,
-            "reached": {number: len(people) for number, people in self.reached.items()},
+            "reached": {portfolio: len(people) for portfolio, people in self.reached.items()},
         }
 
 
@@ -390,7 +392,8 @@ class WhatsApp:
         opened = self._fake.last_message.get(to)
         if opened is not None and now - opened <= _DAY_S:
             return  # a service window is open: free of the tier
-        people = self.stats.reached.setdefault(number, {})
+        portfolio = self._fake.config.wa_portfolios.get(number, number)
+        people = self.stats.reached.setdefault(portfolio, {})
         while people:  # oldest first: people are added in time order
             oldest = next(iter(people))
             if now - people[oldest] <= _DAY_S:
