@@ -94,7 +94,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from services.demo import main
 
     return main(
-        recipients=args.recipients, consumers=args.consumers, rate=args.rate, stay=args.stay
+        recipients=args.recipients,
+        consumers=args.consumers,
+        rate=args.rate,
+        stay=args.stay,
+        channel=args.channel,
     )
 
 
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start Redis (unless FANOUT_REDIS_URL is set), fakegraph, the producer and "
         "consumers; submit a job; show its progress until done; stop everything.",
         epilog="examples:\n  fanout demo\n  fanout demo --recipients 100000 --consumers 3 --rate 40"
+        "\n  fanout demo --channel whatsapp --rate 80   a template job from a WhatsApp number"
         "\n  fanout demo --stay     keep running for the job page; Ctrl-C stops\n\n"
         "exit codes: 0 the job completed and fakegraph saw every send, 1 otherwise, 130 Ctrl-C",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -162,7 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="fleet-wide messages/s for the demo's fake page, set as its FANOUT_PAGE_RATE_LIMITS"
-        " (default 0: unlimited; a real page gets FANOUT_RATE_LIMIT, default 40/s, Meta's brake)",
+        " (default 0: unlimited; a real page gets FANOUT_RATE_LIMIT, default 40/s, Meta's brake);"
+        " with --channel whatsapp, the fake number's FANOUT_WA_RATE_LIMITS (default 0: 1000/s,"
+        " the upgraded ceiling; a real number gets FANOUT_WA_RATE_LIMIT, default 80/s)",
+    )
+    d.add_argument(
+        "--channel",
+        choices=("messenger", "whatsapp"),
+        default="messenger",
+        help="send the job on Messenger (a text from a page) or WhatsApp (an approved template"
+        " from a number, its receipts from fakegraph's WhatsApp webhooks) (default messenger)",
     )
     d.add_argument(
         "--stay",

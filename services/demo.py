@@ -2,7 +2,9 @@
 
 Starts (and on exit, also on Ctrl-C, stops) a redis-server of its own unless FANOUT_REDIS_URL
 is set, fakegraph, the producer and N consumers; submits one job; draws its progress until it
-ends; prints the summary next to what fakegraph really received.
+ends; prints the summary next to what fakegraph really received. ``--channel whatsapp`` sends
+an approved template from a demo WhatsApp number instead of a text from a page, fakegraph
+playing the Cloud API (its per-number throughput, its status webhooks).
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from services import progress
-from shared.settings import DEFAULT_RATE_LIMIT
+from shared.settings import DEFAULT_RATE_LIMIT, DEFAULT_WA_RATE_LIMIT
 
 PAGE = "1234567890"
+NUMBER = "106540352242922"  # the demo's WhatsApp number (a phone_number_id)
+WA_CEILING = 1000  # messages/s of an upgraded number: the demo's default (--rate 0)
 
 
 def _free_port() -> int:
@@ -101,7 +106,50 @@ def _redis(services: Services) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def run(services: Services, recipients: int, consumers: int, rate: int, stay: bool = False) -> int:
+def _whatsapp(env: dict[str, str], rate: int) -> list[str]:
+    """The demo number's settings (its token, its rate, an unlimited tier: the demo's people
+    are all new, and a new business's 250 would refuse them) and fakegraph's WhatsApp flags."""
+    for name in [name for name in env if name.startswith("FANOUT_WA_")]:
+        del env[name]  # the user's shell configures real numbers, not the demo's
+    env["FANOUT_WA_NUMBERS"] = f"{NUMBER}=EAA{secrets.token_hex(20)}"
+    env["FANOUT_TENANT_PAGES"] = f"demo={PAGE}|{NUMBER}"
+    env["FANOUT_WA_RATE_LIMITS"] = f"{NUMBER}={rate or WA_CEILING}"
+    env["FANOUT_WA_TIERS"] = f"{NUMBER}=unlimited"
+    throughput = ["--wa-throughput", str(rate)] if rate else []  # Meta's 130429 beyond it
+    return ["--wa-tokens-env", "FANOUT_WA_NUMBERS", *throughput]
+
+
+def _job(channel: str, recipients: int) -> dict[str, Any]:
+    if channel == "whatsapp":
+        template = {
+            "name": "demo_welcome",
+            "language": {"code": "en_US"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "{{name|there}}"}]}
+            ],
+        }
+        return {
+            "channel": "whatsapp",
+            "phone_number_id": NUMBER,
+            "message": {"template": template},
+            "recipients": [f"+1555{i:07d}" for i in range(recipients)],  # E.164
+        }
+    return {
+        "page_id": PAGE,
+        "message": {"text": "Hello from the fanout demo!"},
+        "recipients": [str(10**15 + i) for i in range(recipients)],
+        "messaging_type": "UPDATE",
+    }
+
+
+def run(
+    services: Services,
+    recipients: int,
+    consumers: int,
+    rate: int,
+    stay: bool = False,
+    channel: str = "messenger",
+) -> int:
     api_token = secrets.token_urlsafe(24)
     page_token = "EAA" + secrets.token_hex(20)
     python = [sys.executable, "-m"]
@@ -122,6 +170,7 @@ def run(services: Services, recipients: int, consumers: int, rate: int, stay: bo
         "FANOUT_WEBHOOK_VERIFY_TOKEN": secrets.token_hex(8),
     }
     env.pop("FANOUT_RATE_LIMIT", None)
+    wa_flags = _whatsapp(env, rate) if channel == "whatsapp" else []
     graph_port, api_port = _free_port(), _free_port()
     services.start(
         "fakegraph",
@@ -138,6 +187,9 @@ def run(services: Services, recipients: int, consumers: int, rate: int, stay: bo
             f"{PAGE}={page_token}",
             "--webhook-url",
             f"http://127.0.0.1:{api_port}/webhooks/messenger",
+            "--wa-webhook-url",
+            f"http://127.0.0.1:{api_port}/webhooks/whatsapp",
+            *wa_flags,
         ],
         env,
     )
@@ -156,18 +208,21 @@ def run(services: Services, recipients: int, consumers: int, rate: int, stay: bo
     _wait(lambda: graph.get("/_fake/stats").status_code == 200, "fakegraph")
     services.check_alive()
     limit = f"{rate}/s" if rate else "no limit"
-    print(
-        f"fanout demo: {consumers} consumers, fakegraph at 20 ms latency with 1% blocked"
-        f" recipients\nrate: the fake page {PAGE} is set to {limit} (--rate,"
-        f" FANOUT_PAGE_RATE_LIMITS); a real page gets {DEFAULT_RATE_LIMIT}/s unless configured"
-    )
+    if channel == "whatsapp":
+        print(
+            f"fanout demo: {consumers} consumers, fakegraph playing the WhatsApp Cloud API at 20 ms"
+            f" latency\nrate: the fake number {NUMBER} is set to {rate or WA_CEILING}/s (--rate,"
+            f" FANOUT_WA_RATE_LIMITS); a real number gets {DEFAULT_WA_RATE_LIMIT}/s unless"
+            " configured; its tier is set to unlimited (FANOUT_WA_TIERS)"
+        )
+    else:
+        print(
+            f"fanout demo: {consumers} consumers, fakegraph at 20 ms latency with 1% blocked"
+            f" recipients\nrate: the fake page {PAGE} is set to {limit} (--rate,"
+            f" FANOUT_PAGE_RATE_LIMITS); a real page gets {DEFAULT_RATE_LIMIT}/s unless configured"
+        )
 
-    body = {
-        "page_id": PAGE,
-        "message": {"text": "Hello from the fanout demo!"},
-        "recipients": [str(10**15 + i) for i in range(recipients)],
-        "messaging_type": "UPDATE",
-    }
+    body = _job(channel, recipients)
     submitted = time.perf_counter()
     answer = api.post("/v1/jobs", json=body)
     answer.raise_for_status()
@@ -186,27 +241,52 @@ def run(services: Services, recipients: int, consumers: int, rate: int, stay: bo
             services.check_alive()
             time.sleep(0.1)
     elapsed = time.perf_counter() - submitted
-    stats = graph.get("/_fake/stats").json()
     print(
         f"\n{job['status']}: sent {job['sent']:,}, failed {job['failed']:,} "
         f"(codes {job['error_codes'] or '-'}), skipped {job['skipped']:,} of {job['total']:,} "
-        f"in {elapsed:.2f}s = {job['total'] / elapsed:,.0f} msg/s\n"
-        f"fakegraph received {stats['delivered']:,} messages for {stats['unique']:,} people, "
-        f"duplicates {stats['duplicates']}"
+        f"in {elapsed:.2f}s = {job['total'] / elapsed:,.0f} msg/s"
     )
-    ok = job["status"] == "completed" and stats["delivered"] == job["sent"]
-    _watch_receipts(api, graph, accepted["status_url"])
+    if channel == "whatsapp":
+        received = _whatsapp_received(graph)
+        _watch_receipts(api, graph, accepted["status_url"], "wa_")
+    else:
+        received = _received(graph)
+        _watch_receipts(api, graph, accepted["status_url"])
+    ok = job["status"] == "completed" and received == job["sent"]
     if stay:
-        _stay(services, api_port, api_token, graph_port)
+        sender = f"number is {NUMBER}" if channel == "whatsapp" else f"page is {PAGE}"
+        _stay(services, api_port, api_token, graph_port, sender)
     return 0 if ok else 1
 
 
-def _stay(services: Services, api_port: int, api_token: str, graph_port: int) -> None:
+def _received(graph: httpx.Client) -> int:
+    stats = graph.get("/_fake/stats").json()
+    print(
+        f"fakegraph received {stats['delivered']:,} messages for {stats['unique']:,} people, "
+        f"duplicates {stats['duplicates']}"
+    )
+    return int(stats["delivered"])
+
+
+def _whatsapp_received(graph: httpx.Client) -> int:
+    stats = graph.get("/_fake/whatsapp").json()
+    sends = stats["sends"]  # [received at, number, to, type]
+    people = {send[2] for send in sends}
+    busiest = max(Counter(int(send[0]) for send in sends).values(), default=0)
+    print(
+        f"fakegraph received {len(sends):,} WhatsApp messages for {len(people):,} people,"
+        f" duplicates {len(sends) - len(people)}, at most {busiest:,} in one second;"
+        f" pair-limit violations {stats['pair_violations']}"
+    )
+    return len(sends)
+
+
+def _stay(services: Services, api_port: int, api_token: str, graph_port: int, sender: str) -> None:
     """Keep everything running for the job page and the terminal client, until Ctrl-C."""
     print(
         f"\nthe job page: http://127.0.0.1:{api_port}/  (sign in with the API token {api_token})"
         f"\nfrom a terminal: export FANOUT_URL=http://127.0.0.1:{api_port}"
-        f" FANOUT_TOKEN={api_token}\n  then e.g. fanout jobs; the page is {PAGE}."
+        f" FANOUT_TOKEN={api_token}\n  then e.g. fanout jobs; the {sender}."
         f" fakegraph (playing Meta) answers at http://127.0.0.1:{graph_port}."
         "\nCtrl-C stops everything.",
         flush=True,
@@ -216,23 +296,22 @@ def _stay(services: Services, api_port: int, api_token: str, graph_port: int) ->
         time.sleep(1)
 
 
-def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str) -> None:
+def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str, kind: str = "") -> None:
     """Meta's receipts keep coming after the last send: show sent -> delivered -> read move
-    until they match what fakegraph (playing Meta) reported, or 15 s pass."""
+    until they match what fakegraph (playing Meta) reported, or 15 s pass. ``kind``: "" for
+    Messenger's receipts, "wa_" for WhatsApp's statuses (fakegraph counts them apart)."""
     deadline = time.monotonic() + 15
     with progress.TextLine() as shown:
         while True:
             job = api.get(url).json()
             fake = graph.get("/_fake/receipts").json()
+            delivered, read = fake[f"{kind}delivered"], fake[f"{kind}read"]
             line = (
                 f"receipts: sent {job['sent']:,} -> delivered {job['delivered']:,} -> read"
-                f" {job['read']:,} (at least; fakegraph reported {fake['delivered']:,} delivered,"
-                f" {fake['read']:,} read)"
+                f" {job['read']:,} (at least; fakegraph reported {delivered:,} delivered,"
+                f" {read:,} read)"
             )
-            settled = fake["queued"] == 0 and (job["delivered"], job["read"]) == (
-                fake["delivered"],
-                fake["read"],
-            )
+            settled = fake["queued"] == 0 and (job["delivered"], job["read"]) == (delivered, read)
             if settled or time.monotonic() > deadline:
                 shown.final(line)
                 return
@@ -240,10 +319,16 @@ def _watch_receipts(api: httpx.Client, graph: httpx.Client, url: str) -> None:
             time.sleep(0.2)
 
 
-def main(recipients: int = 10_000, consumers: int = 2, rate: int = 0, stay: bool = False) -> int:
+def main(
+    recipients: int = 10_000,
+    consumers: int = 2,
+    rate: int = 0,
+    stay: bool = False,
+    channel: str = "messenger",
+) -> int:
     services = Services()
     try:
-        return run(services, recipients, consumers, rate, stay)
+        return run(services, recipients, consumers, rate, stay, channel)
     except KeyboardInterrupt:
         print("\ninterrupted; stopping everything", file=sys.stderr)
         return 130
