@@ -111,7 +111,7 @@ def seen(http: httpx.Client) -> dict[str, Any]:
 
 
 def refused_with(answer: httpx.Response, code: int) -> dict[str, Any]:
-    assert answer.status_code == (500 if code == 131000 else 400), answer.text
+    assert answer.status_code == (500 if code in (131000, 131016) else 400), answer.text
     error: dict[str, Any] = answer.json()["error"]
     assert error["code"] == code
     assert error["type"] == "OAuthException"

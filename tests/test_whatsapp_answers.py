@@ -23,7 +23,7 @@ from services.fakegraph.server import FakeGraph, FakeGraphConfig
 from shared.classify import Decision
 from shared.messages import Personalised, RenderError
 from shared.provider import MessengerClient, SendResult
-from shared.providers import JobFields, provider_for
+from shared.providers import JobFields, provider_for, whatsapp
 from shared.providers.whatsapp import PROVIDER, WhatsAppRequest, request_path, wamid
 from shared.providers.whatsapp_message import decode as decode_message
 
@@ -206,7 +206,29 @@ ROWS: dict[int, tuple[str, bool, bool]] = {
     132015: ("fatal", False, False),
     132016: ("fatal", False, False),
     131000: ("retry", False, False),
+    131016: ("retry", False, False),
+    131031: ("restricted", False, False),
+    131042: ("restricted", False, False),
+    131005: ("fatal", False, False),
+    131045: ("fatal", False, False),
+    133010: ("fatal", False, False),
 }
+
+
+def test_every_code_of_the_table_has_its_row() -> None:
+    """The module's code sets and the rows tested here say the same thing (190 and 2 have
+    rows of their own below; code 1 is Graph's unknown error, retried like 2)."""
+    listed = (
+        whatsapp.THROTTLE_CODES
+        | whatsapp.PAUSE_CODES
+        | whatsapp.FATAL_CODES
+        | whatsapp.SUPPRESS_CODES
+        | whatsapp.FAILED_CODES
+        | whatsapp.TRANSIENT_CODES
+        | {whatsapp.PAIR_CODE}
+    )
+    assert listed - {190, 1, 2} == set(ROWS)
+    assert {c for c, (verdict, suppress, _) in ROWS.items() if suppress} == whatsapp.SUPPRESS_CODES
 
 
 @pytest.mark.parametrize("code", list(ROWS))

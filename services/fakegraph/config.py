@@ -15,6 +15,7 @@ import msgspec
 WA_INJECTABLE = frozenset(
     {131026, 131050, 131047, 131049, 131048, 131056, 130429, 131000, 368, 80007, 4}
     | {132000, 132001, 132012, 132015, 132016}
+    | {131005, 131016, 131031, 131042, 131045, 133010}
 )
 
 
@@ -104,7 +105,8 @@ class FakeGraphConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     wa_errors: dict[str, int] = {}
     """Recipient digits -> the error code every send to them answers: 131026 (undeliverable),
     131050 (stopped marketing), 131047 (re-engagement), 131049, 131048, 131056, 130429,
-    131000, 368, 80007, 4, 132000, 132001, 132012, 132015, 132016."""
+    131000, 368, 80007, 4, 132000, 132001, 132012, 132015, 132016, 131005, 131016, 131031,
+    131042, 131045, 133010."""
     wa_spam_after: int = 0
     """> 0: after this many accepted sends from a number, every send answers 131048 (spam
     rate limit hit)."""

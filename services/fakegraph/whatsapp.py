@@ -134,6 +134,35 @@ PARAMETER_FORMAT = _wa(
 )
 TEMPLATE_PAUSED = _wa(132015, "Template is Paused", "Template is paused due to low quality.")
 TEMPLATE_DISABLED = _wa(132016, "Template is Disabled", "Template has been paused too many times.")
+ACCESS_DENIED = _wa(
+    131005, "Access denied", "Permission is either not granted or has been removed."
+)
+SERVICE_UNAVAILABLE = _wa(
+    131016,
+    "Service unavailable",
+    "A service is temporarily unavailable. Please check our status page before retrying.",
+    500,
+)
+ACCOUNT_LOCKED = _wa(
+    131031,
+    "Business Account locked",
+    "The WhatsApp Business Account associated with the app has been locked for a policy violation.",
+)
+PAYMENT_ISSUE = _wa(
+    131042,
+    "Business eligibility payment issue",
+    "Message failed to send because there were one or more errors related to your payment method.",
+)
+CERTIFICATE = _wa(
+    131045,
+    "Incorrect certificate",
+    "Message failed to send due to a phone number registration error.",
+)
+NOT_REGISTERED = _wa(
+    133010,
+    "Phone number not registered",
+    "The phone number is not registered on the WhatsApp Business Platform.",
+)
 # Graph's own code 4 (the app's call limit), no WhatsApp details:
 # https://developers.facebook.com/docs/graph-api/overview/rate-limiting
 APP_LIMIT = r.GraphError(400, 4, "(#4) Application request limit reached")
@@ -144,6 +173,8 @@ INJECTABLE: dict[int, r.GraphError] = {
         *(UNDELIVERABLE, STOPPED_MARKETING, REENGAGEMENT, ECOSYSTEM, SPAM, PAIR_LIMIT),
         *(THROUGHPUT, SOMETHING_WRONG, POLICY_BLOCKED, WABA_RATE, APP_LIMIT, NO_TEMPLATE),
         *(PARAMETER_COUNT, PARAMETER_FORMAT, TEMPLATE_PAUSED, TEMPLATE_DISABLED),
+        *(ACCESS_DENIED, SERVICE_UNAVAILABLE, ACCOUNT_LOCKED, PAYMENT_ISSUE, CERTIFICATE),
+        NOT_REGISTERED,
     )
 }
 

@@ -34,6 +34,10 @@ The answer table, by code (WhatsApp uses no subcodes for these):
   131048    restricted   spam rate limit: "restrictions on how many messages can be sent from
                          this phone number": every job of the number pauses with the reason
   368       restricted   temporarily blocked for policy violations: as 131048
+  131031 131042
+            restricted   the business account is locked / has a payment problem: nothing
+                         the number sends can go until a person fixes it, so its jobs pause
+                         (a user resumes them) instead of failing every recipient
   131026    failed       undeliverable (not on WhatsApp, old client, ...): suppressed on the
                          number's list
   131050    failed       the person stopped marketing messages: suppressed
@@ -41,11 +45,14 @@ The answer table, by code (WhatsApp uses no subcodes for these):
                          send outside the service window); code 131047 in the job's errors
   131049    failed       not delivered "to maintain healthy ecosystem engagement"
   190       fatal        access token invalid or expired: the number's job stops
+  131005 131045 133010
+            fatal        access denied, a certificate/registration error, the number not
+                         registered on the Cloud API: no send of the job can succeed
   132000 132001 132012 132015 132016
             fatal        the template cannot be sent at all (parameter count, no such
                          template/language, parameter format, paused, disabled): every
                          recipient would fail the same way, so the job stops at once
-  131000 1 2, HTTP 5xx, timeouts, resets
+  131000 131016 1 2, HTTP 5xx, timeouts, resets
             retry        transient, as for Messenger (the number's breaker watches them)
   anything else (100, 131008, 131009, ...)
             failed       with the provider's code
@@ -84,13 +91,15 @@ if TYPE_CHECKING:
 PAIR_INTERVAL_S = 6.0  # Meta: 1 message every 6 seconds to the same WhatsApp user
 
 THROTTLE_CODES = frozenset({130429, 80007, 4})
-TRANSIENT_CODES = frozenset({131000, 1, 2})
+TRANSIENT_CODES = frozenset({131000, 131016, 1, 2})
 PAIR_CODE = 131056
 SUPPRESS_CODES = frozenset({131026, 131050})
-# The job cannot go on: the token, or a template no recipient can be sent.
-FATAL_CODES = frozenset({190, 132000, 132001, 132012, 132015, 132016})
-# The number is held back by Meta: every job of the number pauses with the reason.
-PAUSE_CODES = frozenset({131048, 368})
+# The job cannot go on: the token, the number's registration, or a template no recipient can
+# be sent.
+FATAL_CODES = frozenset({190, 131005, 131045, 133010, 132000, 132001, 132012, 132015, 132016})
+# The number is held back by Meta or its account: every job of the number pauses with the
+# reason.
+PAUSE_CODES = frozenset({131048, 368, 131031, 131042})
 # Rows whose verdict is "failed" by name (anything unlisted fails too); listed so the table
 # above, the tests and this module say the same thing.
 FAILED_CODES = frozenset({131026, 131050, 131047, 131049})
