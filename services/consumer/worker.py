@@ -440,8 +440,9 @@ class Consumer:
         if spec.page_id in self._restricting:
             return
         self._restricting.add(spec.page_id)
-        reason = f"page_restricted: Meta answered {decision.code}/{decision.subcode}"
-        reason = f"{reason}: {decision.message}"[:300]
+        # WhatsApp's codes (131048, 368) have no subcode: no dangling "/" in the reason.
+        code = f"{decision.code}/{decision.subcode}" if decision.subcode else decision.code
+        reason = f"page_restricted: Meta answered {code}: {decision.message}"[:300]
         log.error("page restricted; pausing its jobs", extra={"job_id": spec.job_id})
 
         async def pause() -> bool:
