@@ -15,7 +15,13 @@ from conftest import ROOT
 from services.cli import build_parser
 from services.fakegraph.server import _argument_parser as fakegraph_parser
 from services.producer import intake
-from shared.models import JobRequest, SendTestRequest, UploadSpec
+from shared.models import (
+    JobRequest,
+    SendTestRequest,
+    UploadSpec,
+    WhatsAppJobRequest,
+    WhatsAppUploadSpec,
+)
 
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```sh\n(.*?)```", README, re.DOTALL)
@@ -66,6 +72,10 @@ def test_every_job_body_in_the_readme_is_accepted() -> None:
     found = bodies()
     assert len(found) >= 4, found
     for kind, body in found:
+        if body.get("channel") == "whatsapp":
+            job = WhatsAppJobRequest if kind == "-d" else WhatsAppUploadSpec
+            intake.send_at_ms(msgspec.convert(body, job))
+            continue
         if "test_recipients" in body:
             spec: UploadSpec = msgspec.convert(body, SendTestRequest)
         elif kind == "-d":
