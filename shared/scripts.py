@@ -26,6 +26,7 @@ class Scripts:
         self.create_job: AsyncScript = redis.register_script(_source("create_job"))
         self.begin_chunk: AsyncScript = redis.register_script(_source("begin_chunk"))
         self.finish_chunk: AsyncScript = redis.register_script(_source("finish_chunk"))
+        self.top_up: AsyncScript = redis.register_script(_source("top_up"))
         self.record_answers: AsyncScript = redis.register_script(_source("record_answers"))
         self.skip_recipients: AsyncScript = redis.register_script(_source("skip_recipients"))
         self.screen: AsyncScript = redis.register_script(_read("screen"))

@@ -4,6 +4,8 @@ engine.py reads, renews leases, reclaims and drains; this module says what a chu
 run()
   ├── engine: XREADGROUP (BLOCK) on every shard's work stream, only while the chunks held
   │           leave room for more recipients than ``concurrency`` (room_for: no hoarding);
+  │           a read that came back short with senders idle asks the jobs it holds chunks of
+  │           for more (top_up: the release window follows the fleet's demand);
   │           leases renewed, idle chunks of dead consumers taken over with their delivery
   │           count (past FANOUT_MAX_DELIVERIES: the dead stream)
   ├── one task per chunk: begin (ledger) -> senders -> finish (ledger, ack, release next)
@@ -27,6 +29,7 @@ from redis.exceptions import RedisError
 from services.consumer import housekeeping, ledger, screen
 from services.consumer.attachments import Uploads
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
+from services.consumer.demand import Demand
 from services.consumer.engine import Engine, Entry
 from services.consumer.limiter import Limiters
 from services.consumer.recorder import FLUSH_AT, Recorder
@@ -99,7 +102,9 @@ class Consumer:
             claim_idle_ms=settings.claim_idle_ms,
             block_ms=settings.block_ms,
             drain_s=settings.drain_s,
+            top_up=self.top_up,
         )
+        self._demand = Demand(self.scripts)  # the release window follows demand
         self._specs: dict[str, JobSpec] = {}
         self._recorders: dict[str, Recorder] = {}
         self._chunk_size_seen = 100
@@ -204,6 +209,19 @@ class Consumer:
         # The engine holds every entry from the moment it is read; this consumer's Held only
         # once its task runs: the difference is chunks about to start.
         return self.room_for(starting=max(0, held - len(self.held)))
+
+    async def top_up(self, stream: str, wanted: int) -> int:
+        """A short read of ``stream``: with a chunk's worth of senders idle or more, ask the
+        jobs of the shard's chunks held here for more (demand.py)."""
+        if self.free_recipients() < self._chunk_size_seen:
+            return 0  # the next finish releases a chunk anyway
+        shard = self.streams[stream]
+        held = [
+            (h.work.spec, h.waiting)
+            for h in self.held.values()
+            if h.shard == shard and h.work is not None
+        ]
+        return await self._demand.top_up(stream, wanted, held)
 
     # --- one chunk ------------------------------------------------------------------------
 
