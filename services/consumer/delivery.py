@@ -314,7 +314,8 @@ class Senders:
         if wait_s <= 0:
             return False
         work.attempts[index] -= 1
-        self._later(work, index, asyncio.sleep(wait_s))
+        # Its rate permit went unused, and the send log rechecks the rate when it comes back.
+        self._later(work, index, asyncio.sleep(wait_s), permit=False)
         return True
 
     @staticmethod
@@ -368,15 +369,18 @@ class Senders:
             extra={"job_id": spec.job_id, "code": decision.code, "pause_s": pause_s},
         )
 
-    def _later(self, work: ChunkWork, index: int, wait: Awaitable[None]) -> None:
-        """Re-queue after ``wait`` and a fresh permit; the sender's slot is free meanwhile."""
+    def _later(
+        self, work: ChunkWork, index: int, wait: Awaitable[None], permit: bool = True
+    ) -> None:
+        """Re-queue after ``wait`` and a fresh permit (unless ``permit`` is False: the
+        recipient's permit went unused); the sender's slot is free meanwhile."""
 
         async def again() -> None:
             try:
                 await wait
             except (RedisError, OSError) as exc:
                 log.warning("cool-down not recorded", extra={"error": str(exc)})
-            while True:
+            while permit:
                 try:
                     await work.spec.limiter.take(1)
                     break

@@ -10,13 +10,15 @@ a time (``pagehealth.py``); when Meta restricts the page, none are given until a
 A strict limit (``Limiters(strict=True)``, WhatsApp's "up to 80 messages per second" per
 number) must hold in *every* one-second window, and the burst tolerance above does not: with
 FANOUT_RATE_BURST_MS=50 at 80/s, permits come in batches of 4 every 50 ms, so a second that
-starts on a batch holds 84, and a consumer's unused permits in hand add to it later. So a
-strict sender takes one permit per call with no tolerance (each valid exactly one interval
-after the one before, none kept in hand), and its GCRA runs at ``strict_rate``: the rate less
-the share that ``STRICT_JITTER_S`` of lateness (a wake-up late on a busy loop, a request slower
-than the next) could squeeze into a second. At most ceil(r x (1 s + jitter)) = 80 then reach
-the provider in any second, for 76.2 permits/s (4.8 % under Meta's figure; 130429 remains
-handled as a throttle, should Meta count differently).
+starts on a batch holds 84, and a consumer's unused permits in hand add to it later; nor does
+pacing alone, since a permit used late and the next on time come closer than its interval
+(one permit per call with no tolerance still let 11 through in a second at 10/s, on a loaded
+machine). So the GCRA only sets a strict sender's average, at ``strict_rate`` (the rate less
+STRICT_JITTER_S's share: 72.7/s for 80), and every second is kept by the sender's log of sends,
+checked just before each request (services/consumer/pairs.py): at most the rate in any
+1 s + STRICT_JITTER_S, so the provider sees at most the rate in any second as long as a request
+reaches it within STRICT_JITTER_S of that check. 130429 remains handled as a throttle, should
+Meta count differently.
 
 Audio and video take a permit from the page's media limit (10/s by default) and then one from
 the page's own limit (``MediaLimiter``): two calls rather than one script over both keys,
@@ -39,14 +41,14 @@ log = logging.getLogger("fanout.consumer")
 
 _COOL_BASE_MS = 1_000
 _COOL_CAP_MS = 15 * 60 * 1000
-# Lateness between a strict permit coming due and its request reaching the provider that the
-# pacing absorbs (see the module docstring).
-STRICT_JITTER_S = 0.05
+# Lateness between a strict sender's last check (its send log) and its request reaching the
+# provider that the pacing absorbs (see the module docstring).
+STRICT_JITTER_S = 0.1
 
 
 def strict_rate(rate: int) -> float:
-    """The GCRA rate (permits/s, one per call, no burst) that keeps every one-second window at
-    the provider within ``rate``, with up to STRICT_JITTER_S of lateness."""
+    """A strict sender's average pace: its send log admits ``rate`` per 1 s + STRICT_JITTER_S,
+    so permits at this rate are rarely turned back there."""
     return rate / (1 + STRICT_JITTER_S)
 
 
@@ -206,10 +208,8 @@ class Limiters:
         limiter = self._pages.get(page_id)
         if limiter is None:
             rate = self.rates.get(page_id, self.default_rate)
-            if self.strict and rate:
-                limiter = PageLimiter(self.scripts, page_id, strict_rate(rate), 0)
-            else:
-                limiter = PageLimiter(self.scripts, page_id, rate, self.burst_ms)
+            paced = strict_rate(rate) if self.strict and rate else rate
+            limiter = PageLimiter(self.scripts, page_id, paced, self.burst_ms)
             self._pages[page_id] = limiter
         return limiter
 

@@ -63,9 +63,8 @@ class Reach:
         """Who of ``people`` may be sent the template now (a place taken for each new one)."""
         if not people:
             return Split([], [], 0.0, 0)
-        last = await window.last_interactions(self._redis, self.sender, people)
-        now_s = time.time()
-        outside = [i for i, seen in enumerate(last) if not window.in_window(seen, now_s)]
+        inside = await window.inside(self._redis, self.sender, people, time.time())
+        outside = [i for i, open_ in enumerate(inside) if not open_]
         if not outside:
             return Split(list(range(len(people))), [], 0.0, 0)
         flags, wait_ms, reached = await self._scripts.reach_admit(
