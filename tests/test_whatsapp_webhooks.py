@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ import msgspec
 import pytest
 import redis
 from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
+from redis_cluster import Cluster, ClusterStack
 
 from services.fakegraph.webhooks import display_number as fake_display
 from shared import keys, suppressions, webhooks, window
@@ -562,3 +565,56 @@ def test_a_quality_downgrade_pauses_the_numbers_running_job(hearing: Stack) -> N
     assert paused["sent"] < 2000
     again = _submit(hearing, [_person(1)])
     assert again.status_code == 409, again.text  # new jobs of the number wait for a user
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli makes the cluster")
+def test_statuses_window_and_quality_on_a_redis_cluster(tmp_path: Path) -> None:
+    """The same on 3 masters + 3 replicas: the inbox, the flips in each job's slot, the window
+    and suppressions in the number's, the display map, the pause across slots."""
+    cluster = Cluster(tmp_path)
+    stack = ClusterStack(cluster)
+    try:
+        fake = _meta(
+            stack,
+            {"duplicate_rate": 0.3, "reorder_rate": 0.3, "wa_failed_rate": 0.1},
+            FANOUT_WA_TIERS=f"{NUMBER}=unlimited",
+        )
+        r = stack.r
+        jobs = [
+            _submit(stack, [_person(i) for i in range(k * 1000, k * 1000 + 200)]) for k in range(3)
+        ]
+        ids = [j.json()["job_id"] for j in jobs]
+        assert all(j.status_code == 202 for j in jobs)
+        for job_id in ids:
+            assert stack.wait_done(job_id, 60)["sent"] == 200
+
+        def settled() -> dict[str, int] | None:
+            truth = _fake_receipts(fake)
+            views = [stack.job(j) for j in ids]
+            ours = tuple(sum(v[n] for v in views) for n in ("delivered", "read", "undelivered"))
+            quiet = truth["queued"] == 0 and _inbox_total(r, 4) == 0 and truth["wa_sent"] == 600
+            want = (truth["wa_delivered"], truth["wa_read"], truth["wa_failed"])
+            return truth if quiet and ours == want else None
+
+        truth = wait_for(settled, 30, "delivered/read/undelivered to equal fakegraph's")
+        assert truth["wa_failed"] > 0 and 0 < truth["wa_read"] < truth["wa_delivered"]
+        wrote = [_person(i) for i in range(5000, 5005)]
+        fake.http.post("/_fake/wa_inbound", json={"phone_number_id": NUMBER, "people": wrote})
+        wait_for(
+            lambda: None not in _last_interactions(stack, NUMBER, wrote), 20, "the windows to open"
+        )
+        fake.configure(latency_ms=500)  # long enough to pause it
+        running = _submit(stack, [_person(i) for i in range(10_000, 12_000)]).json()["job_id"]
+        wait_for(lambda: stack.job(running)["sent"] > 0, 20, "the job to be sending")
+        fake.http.post(
+            "/_fake/wa_quality", json={"phone_number_id": NUMBER, "event": "DOWNGRADE"}
+        ).raise_for_status()
+        paused = wait_for(
+            lambda: (j := stack.job(running))["status"] == "paused" and j, 10, "the job paused"
+        )
+        assert paused["reason"].startswith(
+            f"number_quality: Meta downgraded WhatsApp number {NUMBER}"
+        )
+    finally:
+        stack.stop()
+        cluster.stop()
