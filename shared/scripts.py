@@ -49,4 +49,8 @@ class Scripts:
         self.receipt_echo: AsyncScript = redis.register_script(_read("receipt_echo"))
         self.receipt_mark: AsyncScript = redis.register_script(_read("receipt_mark"))
         self.receipt_flip: AsyncScript = redis.register_script(_source("receipt_flip"))
+        # WhatsApp's limits at dispatch (services/consumer/pairs.py, reach.py)
+        self.pair_permit: AsyncScript = redis.register_script(_read("pair_permit"))
+        self.reach_admit: AsyncScript = redis.register_script(_read("reach_admit"))
+        self.job_hold: AsyncScript = redis.register_script(_read("job_hold"))
         self.wa_status: AsyncScript = redis.register_script(_source("wa_status"))

@@ -26,7 +26,7 @@ from msgspec.structs import replace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from services.consumer import housekeeping, ledger, screen
+from services.consumer import housekeeping, ledger, pairs, reach, screen
 from services.consumer.attachments import Uploads
 from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.demand import Demand
@@ -285,10 +285,48 @@ class Consumer:
 
     async def _submit(self, held: Held, work: ChunkWork) -> None:
         """Hand the chunk's recipients to the senders a permit batch at a time, marking each
-        batch attempted just before; stop early if the job was stopped."""
+        batch attempted just before; stop early if the job was stopped. A WhatsApp template's
+        recipients first take their places in the portfolio's tier."""
+        sendable = await self._screen(work)
+        if work.spec.reach is None:
+            await self._send(held, work, sendable)
+        else:
+            await self._send_within_tier(held, work, work.spec.reach, sendable)
+        work.all_submitted()
+
+    async def _send_within_tier(
+        self, held: Held, work: ChunkWork, tier: reach.Reach, todo: list[int]
+    ) -> None:
+        """Each person outside their service window takes a place in the portfolio's tier
+        before their permit (reach.py); who finds none waits, the chunk claiming no sender
+        capacity, until a place returns. Nobody is sent beyond the tier or skipped for it."""
+        ids, spec = work.chunk.ids, work.spec
+        while todo and not spec.stopped:
+            people = [ids[i] for i in todo]
+            split = await ledger.retrying(partial(tier.split, people), "tier places")
+            for run in reach.runs([todo[i] for i in split.admitted]):
+                if not await self._send(held, work, run):
+                    return
+            todo = [todo[i] for i in split.waiting]
+            if not todo:
+                return
+            held.waiting = True
+            self.engine.wake()  # waiting frees capacity for other chunks
+            try:
+                wait = partial(tier.wait, spec.keys, split.wait_s, lambda: spec.stopped)
+                status = await ledger.retrying(wait, "tier wait")
+            finally:
+                held.waiting = False
+            if status not in (b"pending", b"running"):
+                # Paused: the chunk goes back to the backlog until resumed. Stopped: done.
+                work.requeue = status == b"paused"
+                return
+
+    async def _send(self, held: Held, work: ChunkWork, sendable: list[int]) -> bool:
+        """Permits, then the ledger's mark, then the senders, a batch at a time; False once
+        the job is no longer running (paused: the chunk goes back to the backlog)."""
         assert self._senders is not None
         chunk, spec = work.chunk, work.spec
-        sendable = await self._screen(work)
         offset = 0
         while offset < len(sendable) and not spec.stopped:
             held.waiting = True
@@ -307,11 +345,11 @@ class Consumer:
             if begun.status not in ("pending", "running"):
                 # Paused: the rest waits for resume. Stopped, completed or gone: nothing to do.
                 work.requeue = begun.status == "paused"
-                break
+                return False
             todo = [i for i in batch if begun.states[i - first] != ledger.FINISHED]
             self._senders.submit(work, todo, len(batch))
             offset += len(batch)
-        work.all_submitted()
+        return True
 
     async def _screen(self, work: ChunkWork) -> list[int]:
         """Skip (or route to the fallback) who must not get the message, with one read script
@@ -398,6 +436,11 @@ class Consumer:
             suppress=fields.suppress,
         )
         spec.stopped = message is None  # the job ended, or its attachment could not be uploaded
+        # WhatsApp: the per-person pair permit and the portfolio's tier (None for Messenger).
+        spec.pairs = pairs.for_job(self.scripts, provider, self.settings, fields.page_id)
+        spec.reach = reach.for_job(
+            self.scripts, self.redis, self.settings, fields.channel, fields.page_id, spec.message
+        )
         self._specs[k.job_id] = spec
         return spec
 
