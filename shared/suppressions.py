@@ -1,7 +1,8 @@
 """A page's suppression list: people not to send to, with the code and time that put them there.
 
-Filled automatically by answers permanent for the person (the ``SUPPRESS`` pairs of
-shared/classify.py: blocked the page, no such user, opted out) and by the API; every job skips
+Filled automatically by answers permanent for the person (a Decision with ``suppress``: the
+``SUPPRESS`` pairs of shared/providers/messenger.py, blocked the page, no such user, opted out;
+WhatsApp's 131026 and 131050) and by the API; every job skips
 them at dispatch unless it sets ``suppress: false``.
 
 Storage: ``BUCKETS`` small hashes PSID -> "time_ms code" per page, in the page's hash-tag slot,
