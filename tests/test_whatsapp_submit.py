@@ -307,6 +307,13 @@ REFUSALS = [
         "'+1234567' is not a phone number in E.164: 8 to 15 digits, a leading + allowed",
     ),
     (
+        wa_job(test_recipients=["15551234567"]),
+        422,
+        "invalid_field",
+        "test_recipients",
+        "test sends (test_recipients) are for Messenger jobs for now",
+    ),
+    (
         wa_job(phone_number_id=OTHER_NUMBER),
         403,
         "number_forbidden",

@@ -81,10 +81,10 @@ async def submit_job(request: Request) -> Response:
         prepared = await upload.prepare_upload(request, state.redis, state.settings, tenant, key)
     elif media == "application/json":
         body = await intake.read_body(request, state.settings.max_body)
-        if testsend.is_test(body):
-            return await testsend.send(request, body, tenant)
         if whatsapp.is_whatsapp(body):
             prepared = await whatsapp.prepare_json(state.redis, state.settings, body, tenant, key)
+        elif testsend.is_test(body):
+            return await testsend.send(request, body, tenant)
         elif len(body) > _THREAD_ABOVE_BYTES:
             prepared = await asyncio.to_thread(
                 _parse_and_prepare, body, state.settings, tenant, key

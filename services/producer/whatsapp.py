@@ -28,6 +28,7 @@ import asyncio
 import hashlib
 import re
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,6 +168,9 @@ def parse_json(
 ) -> tuple[jobs.PreparedJob, WhatsAppJobRequest, list[str]]:
     """A JSON WhatsApp job, checked and cut into chunks (CPU only: the caller may run it in a
     thread); the tier check, which reads Redis, is ``check_tier``'s."""
+    if b'"test_recipients"' in body:
+        refused = "test sends (test_recipients) are for Messenger jobs for now"
+        raise ApiError(422, "invalid_field", refused, "test_recipients")
     job = intake.decode(body, wa_job_decoder)
     personalised = check_spec(job, settings, tenant)
     recipients = normalise(job.recipients)
@@ -218,7 +222,7 @@ async def reach(
     redis: Redis,
     settings: ProducerSettings,
     number: str,
-    recipients: list[str] | set[str],
+    recipients: Collection[str],
     now_ms: int | None = None,
 ) -> Reach:
     """How many of the recipients a template would count against the tier: those outside the
@@ -279,7 +283,7 @@ async def check_tier(
     redis: Redis,
     settings: ProducerSettings,
     spec: WhatsAppUploadSpec,
-    recipients: list[str] | set[str],
+    recipients: Collection[str],
 ) -> None:
     """422 when a template job would reach more new people than the tier has left, naming
     how many can be sent now and when room returns; nothing for a text job (it reaches only
