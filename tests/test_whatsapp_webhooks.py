@@ -401,6 +401,9 @@ def test_meta_payloads_parse_into_what_fanout_acts_on() -> None:
     inbound = {"from": "447700900001", "id": "wamid.x", "timestamp": "1700000009", "type": "text"}
     body = _notification(statuses=statuses, messages=[inbound])
     body["entry"] += _quality("flagged")["entry"]
+    problem = _notification()
+    problem["entry"][0]["changes"][0]["value"]["errors"] = _failed(131000)
+    body["entry"] += problem["entry"]
     found = wa.read(wa.notification_decoder.decode(json.dumps(body).encode()))
     assert found.numbers == {DISPLAY: NUMBER}
     assert found.receipts == [
@@ -426,6 +429,8 @@ def test_meta_payloads_parse_into_what_fanout_acts_on() -> None:
     ]
     assert found.touches == [wa.Touch(NUMBER, "447700900001", 1_700_000_009_000)]
     assert found.quality == [wa.Quality(DISPLAY, "FLAGGED", "TIER_250")]
+    detail = "131000 Message undeliverable: Message Undeliverable."
+    assert found.problems == [wa.Problem(NUMBER, "131000", detail)]
     with pytest.raises(msgspec.ValidationError):
         wa.notification_decoder.decode(b'{"entry": []}')  # no object: not Meta's
 

@@ -14,6 +14,7 @@ order-free, because Meta retries and reorders:
                                 (Meta reports most of these only here, after accepting the send)
   messages[].from               opens the person's 24-hour service window with the number
                                 (shared.window.touch, newest wins)
+  errors[] (of the number)      logged: a system-, app- or account-level problem
   phone_number_quality_update   DOWNGRADE or FLAGGED: every job of the number paused fleet-wide
                                 with the reason, new jobs refused until a user resumes one (the
                                 same path as Messenger's policy-enforcement block)
@@ -65,6 +66,12 @@ class WhatsAppEvents:
         for receipt in found.receipts:
             metrics.WEBHOOK_EVENTS.labels(f"whatsapp_{receipt.status}").inc()
             await self._status(receipt)
+        for problem in found.problems:
+            metrics.WEBHOOK_EVENTS.labels("whatsapp_errors").inc()
+            log.error(
+                "WhatsApp reported a problem with the number or the app",
+                extra={"number": problem.number, "code": problem.code, "detail": problem.detail},
+            )
         for quality in found.quality:
             metrics.WEBHOOK_EVENTS.labels("phone_number_quality_update").inc()
             await self._quality(quality)

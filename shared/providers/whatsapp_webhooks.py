@@ -8,6 +8,8 @@ breaks nothing):
   as set on the send; "the 'delivered' webhook is not sent because it's implied" by ``read``)
 - inbound messages: https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages
   (``messages[].from``, ``timestamp`` in unix seconds as a string)
+- errors: https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/messages/errors
+  (a problem with the app or account, not one message: logged)
 - quality: https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/reference/phone_number_quality_update
   (``display_phone_number``, ``event``, ``current_limit``; it names the number by its display
   number only, so the consumers learn display -> id from the ``metadata`` of other events)
@@ -81,6 +83,7 @@ class Value(msgspec.Struct):
     metadata: Metadata | None = None
     statuses: list[Status] = []
     messages: list[Inbound] = []
+    errors: list[StatusError] = []  # a system-, app- or account-level problem
     display_phone_number: str = ""
     event: str = ""
     current_limit: str = ""
@@ -151,10 +154,19 @@ class Quality(msgspec.Struct, frozen=True):
     current_limit: str
 
 
+class Problem(msgspec.Struct, frozen=True):
+    """An error Meta reports about the number or the app, not about one message."""
+
+    number: str
+    code: str
+    detail: str
+
+
 class Read(msgspec.Struct):
     receipts: list[Receipt] = []
     touches: list[Touch] = []
     quality: list[Quality] = []
+    problems: list[Problem] = []
     # display number -> phone_number_id, from every metadata seen (for quality events)
     numbers: dict[str, str] = {}
 
@@ -200,26 +212,29 @@ def read(notification: Notification) -> Read:
             value = change.value
             if change.field == "phone_number_quality_update":
                 if value.display_phone_number and value.event:
+                    event = value.event.upper()
                     found.quality.append(
-                        Quality(
-                            value.display_phone_number, value.event.upper(), value.current_limit
-                        )
+                        Quality(value.display_phone_number, event, value.current_limit)
                     )
-                continue
-            if change.field != "messages" or value.metadata is None:
-                continue
-            number = value.metadata.phone_number_id
-            if not number:
-                continue
-            if value.metadata.display_phone_number:
-                found.numbers[value.metadata.display_phone_number] = number
-            for status in value.statuses:
-                receipt = _receipt(number, status)
-                if receipt is not None:
-                    found.receipts.append(receipt)
-            for message in value.messages:
-                if message.sender:
-                    found.touches.append(
-                        Touch(number, message.sender, _seconds(message.timestamp) * 1000)
-                    )
+            elif change.field == "messages" and value.metadata is not None:
+                _read_messages(value, value.metadata, found)
     return found
+
+
+def _read_messages(value: Value, metadata: Metadata, found: Read) -> None:
+    """A ``messages`` change: statuses of sends, inbound messages, errors, of one number."""
+    number = metadata.phone_number_id
+    if not number:
+        return
+    if metadata.display_phone_number:
+        found.numbers[metadata.display_phone_number] = number
+    for status in value.statuses:
+        receipt = _receipt(number, status)
+        if receipt is not None:
+            found.receipts.append(receipt)
+    if value.errors:
+        found.problems.append(Problem(number, *_errors(value.errors)))
+    for message in value.messages:
+        if message.sender:
+            ts_ms = _seconds(message.timestamp) * 1000
+            found.touches.append(Touch(number, message.sender, ts_ms))
