@@ -38,15 +38,17 @@ FLUSH_AT = 32
 
 
 class Batch:
-    """Answers written together, and a future set once they are in Redis."""
+    """Answers written together, and the senders waiting until they are in Redis."""
 
-    __slots__ = ("doubtful", "done", "failed", "sent")
+    __slots__ = ("_loop", "_waiters", "doubtful", "failed", "is_written", "sent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.sent: list[int] = []
         self.failed: list[Failure] = []
         self.doubtful: list[int] = []
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.is_written = False
+        self._loop = loop
+        self._waiters: list[asyncio.Future[None]] = []
 
     def __len__(self) -> int:
         return len(self.sent) + len(self.failed) + len(self.doubtful)
@@ -55,8 +57,20 @@ class Batch:
         return Outcome(self.sent, self.failed, self.doubtful)
 
     async def written(self) -> None:
-        # Shielded: a cancelled waiter must not cancel the batch for the others.
-        await asyncio.shield(self.done)
+        # One future per waiter, so a cancelled waiter cancels only its own wait (what
+        # asyncio.shield gave, without its extra future and loop hop per waiter).
+        if self.is_written:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def set_written(self) -> None:
+        self.is_written = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
 
 class Recorder:
@@ -131,5 +145,4 @@ class Recorder:
             # answers again; leaving the senders stuck on this batch would help nobody.
             log.exception("answers not recorded early", extra={"job_id": self.keys.job_id})
         finally:
-            if not batch.done.done():
-                batch.done.set_result(None)
+            batch.set_written()
