@@ -13,6 +13,7 @@ job's counts equal that truth exactly, then replays it all again and checks noth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -25,10 +26,14 @@ import httpx
 import msgspec
 import pytest
 import redis
-from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
+from conftest import API_TOKENS, PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
 from redis_cluster import Cluster, ClusterStack
+from test_page import CHROMIUM, CHROMIUM_ARGS, needs_browser
 
 from services.fakegraph.webhooks import display_number as fake_display
+
+with contextlib.suppress(ImportError):  # the dev extra installs it; needs_browser skips then
+    from playwright.sync_api import expect, sync_playwright
 from shared import keys, suppressions, webhooks, window
 from shared.providers import whatsapp_webhooks as wa
 
@@ -623,3 +628,47 @@ def test_statuses_window_and_quality_on_a_redis_cluster(tmp_path: Path) -> None:
     finally:
         stack.stop()
         cluster.stop()
+
+
+@needs_browser
+def test_the_job_page_shows_a_whatsapp_jobs_undelivered(hearing: Stack) -> None:
+    """In a real headless Chromium (as tests/test_page.py): a WhatsApp job's counters include
+    Undelivered, equal to the job's; a Messenger job's page has no such counter."""
+    fake = _meta(hearing, {"wa_failed_rate": 0.2}, FANOUT_WA_TIERS=f"{NUMBER}=unlimited")
+    accepted = _submit(hearing, [_person(i) for i in range(100)])
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    hearing.wait_done(job_id, 60)
+    wait_for(
+        lambda: (
+            (t := _fake_receipts(fake))["queued"] == 0
+            and hearing.job(job_id)["undelivered"] == t["wa_failed"] > 0
+        ),
+        30,
+        "the failed statuses to be counted",
+    )
+    undelivered = hearing.job(job_id)["undelivered"]
+    messenger = hearing.submit(["7"])
+    assert hearing.api is not None
+    base = str(hearing.api.base_url).rstrip("/")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(locale="en-US", timezone_id="UTC").new_page()
+            page.set_default_timeout(10_000)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(f"{base}/")
+            page.get_by_label("API token").fill(API_TOKENS["acme"])
+            page.get_by_role("button", name="Sign in").click()
+            page.goto(f"{base}/#job/{job_id}")
+            expect(page.locator("#job-id")).to_have_attribute("title", job_id)
+            expect(page.locator("#c-undelivered")).to_have_text(f"{undelivered:,}")
+            expect(page.locator("#c-undelivered-box")).to_be_visible()
+            page.goto(f"{base}/#job/{messenger}")
+            expect(page.locator("#job-id")).to_have_attribute("title", messenger)
+            expect(page.locator("#c-undelivered-box")).to_be_hidden()
+            assert problems == []
+        finally:
+            browser.close()

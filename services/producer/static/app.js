@@ -464,8 +464,8 @@
     $("job-id").title = id;
     setBadge($("job-status"), "loading");
     $("job-reason").hidden = true;
-    for (const key of ["sent", "failed", "skipped", "indoubt", "delivered", "read", "total",
-      "rate", "eta"]) {
+    for (const key of ["sent", "failed", "skipped", "indoubt", "delivered", "read",
+      "undelivered", "total", "rate", "eta"]) {
       $(`c-${key}`).textContent = "–";
     }
     for (const key of ["created", "started", "finished"]) $(`t-${key}`).textContent = "–";
@@ -611,6 +611,9 @@
     $("c-indoubt").textContent = number(job.indoubt);
     $("c-delivered").textContent = number(job.delivered || 0);
     $("c-read").textContent = number(job.read || 0);
+    // WhatsApp only: Meta accepted the send, then a status webhook said it failed.
+    $("c-undelivered").textContent = number(job.undelivered || 0);
+    $("c-undelivered-box").hidden = job.channel !== "whatsapp";
     $("c-total").textContent = number(job.total);
     $("c-rate").textContent = typeof job.rate_per_s === "number" ?
       `${job.rate_per_s.toLocaleString()}/s` : "–";
