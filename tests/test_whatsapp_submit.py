@@ -348,6 +348,17 @@ def test_each_refusal_names_its_field_and_writes_nothing(
 
 
 def test_a_page_is_not_a_number_and_tenants_stay_apart(client: TestClient) -> None:
+    assert client.get("/v1/pages", headers=AUTH).json() == {
+        "items": [{"page_id": PAGE}],
+        "numbers": [{"phone_number_id": n} for n in (NUMBER, SISTER, LONE)],
+    }
+    as_page = {"page_id": NUMBER, "message": {"text": "Hi"}, "messaging_type": "UPDATE"}
+    refused = client.post("/v1/jobs", json={**as_page, "recipients": ["1"]}, headers=AUTH)
+    assert refused.json()["error"] == {
+        "code": "unknown_page",
+        "message": f"page {NUMBER} has no configured page token",
+        "field": "page_id",
+    }
     # acme's page named as a number: bound to acme, but it has no WhatsApp token.
     as_number = client.post("/v1/jobs", json=wa_job(phone_number_id=PAGE), headers=AUTH)
     assert as_number.status_code == 422, as_number.text

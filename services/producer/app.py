@@ -191,11 +191,18 @@ async def get_errors(request: Request) -> Response:
 
 
 async def list_pages(request: Request) -> Response:
-    """The pages the tenant may send as (the job page's compose form offers these)."""
+    """The pages the tenant may send as (the job page's compose form offers these), and its
+    WhatsApp numbers apart (``numbers``, only when it has some): a number is no page."""
     state = state_of(request)
     tenant = authenticate(request)
-    pages = sorted(state.settings.tenant_pages.get(tenant, frozenset()))
-    return json_response({"items": [{"page_id": p} for p in pages]})
+    senders = state.settings.tenant_pages.get(tenant, frozenset())
+    numbers = senders & frozenset(state.settings.wa_tokens)
+    body: dict[str, list[dict[str, str]]] = {
+        "items": [{"page_id": p} for p in sorted(senders - numbers)]
+    }
+    if numbers:
+        body["numbers"] = [{"phone_number_id": n} for n in sorted(numbers)]
+    return json_response(body)
 
 
 async def healthz(request: Request) -> Response:

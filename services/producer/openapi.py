@@ -249,7 +249,8 @@ def build() -> dict[str, Any]:
                     "operationId": "listPages",
                     "responses": {
                         "200": {
-                            "description": "the pages the tenant may send as",
+                            "description": "the pages the tenant may send as, and its WhatsApp"
+                            " numbers (numbers: only when it has some)",
                             "content": {
                                 "application/json": {
                                     "schema": {
@@ -262,7 +263,16 @@ def build() -> dict[str, Any]:
                                                     "type": "object",
                                                     "properties": {"page_id": {"type": "string"}},
                                                 },
-                                            }
+                                            },
+                                            "numbers": {
+                                                "type": "array",
+                                                "items": {
+                                                    "type": "object",
+                                                    "properties": {
+                                                        "phone_number_id": {"type": "string"}
+                                                    },
+                                                },
+                                            },
                                         },
                                     }
                                 }
