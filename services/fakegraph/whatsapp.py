@@ -62,6 +62,9 @@ _OTHER_TYPES = frozenset(
 # ---- Meta's answers (error-codes page above; titles in ``message``, details in error_data) ----
 
 
+# Meta's error shape and codes: {"error": {"message": "(#<code>) <title>", "type", "code",
+# "error_data": {"messaging_product": "whatsapp", "details"}, "fbtrace_id"}},
+# https://developers.facebook.com/documentation/business-messaging/whatsapp/support/error-codes
 def _wa(code: int, title: str, details: str, status: int = 400) -> r.GraphError:
     return r.GraphError(status, code, f"(#{code}) {title}", details=details)
 
@@ -203,6 +206,7 @@ def body_too_long() -> r.GraphError:
     )
 
 
+# https://developers.facebook.com/docs/whatsapp/cloud-api/reference/messages (response)
 def success_body(to: str, wa_id: str, wamid: str, template: bool) -> bytes:
     """Meta's answer to an accepted send; templates carry ``message_status`` "accepted"."""
     message: dict[str, str] = {"id": wamid}
