@@ -474,6 +474,31 @@ def test_tier_refuses_naming_what_can_go_now_or_spreads(
     assert client.post("/v1/jobs", json=unlimited, headers=AUTH).status_code == 202
 
 
+def test_a_scheduled_job_is_weighed_at_its_send_at(
+    client: TestClient, redis_server: RedisServer
+) -> None:
+    now_ms = int(time.time() * 1000)
+    people = [f"4477009{i:05d}" for i in range(100)]
+    seed_tier(redis_server, now_ms, 200, people)  # now: 50 left, 85 would count
+    assert client.post("/v1/jobs", json=wa_job(recipients=people), headers=AUTH).status_code == 422
+    # In 2 h, the 119 oldest reaches are over 24 h old: 81 reached, 169 left; the 10 reached
+    # and the 5 inside their window an hour ago still do not count.
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000 + 7200))
+    scheduled = client.post("/v1/jobs", json=wa_job(recipients=people, send_at=later), headers=AUTH)
+    assert scheduled.status_code == 202, scheduled.text
+    assert scheduled.json()["status"] == "scheduled"
+    # 36 h ahead: every reach and window has aged out, all 100 count, 250 left.
+    much_later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now_ms / 1000 + 36 * 3600))
+    many = [f"4478009{i:05d}" for i in range(260)]
+    refused = client.post(
+        "/v1/jobs", json=wa_job(recipients=many, send_at=much_later), headers=AUTH
+    )
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert (error["can_send_now"], error["reached_24h"], error["would_count"]) == (250, 0, 260)
+    assert "250 can be sent at send_at" in error["message"]
+
+
 def test_a_job_larger_than_the_whole_tier_never_fits(client: TestClient) -> None:
     people = [f"4477009{i:05d}" for i in range(2500)]  # counting stops after 2,000 of them
     answer = client.post("/v1/jobs", json=wa_job(recipients=people), headers=AUTH)

@@ -287,10 +287,12 @@ async def check_tier(
 ) -> None:
     """422 when a template job would reach more new people than the tier has left, naming
     how many can be sent now and when room returns; nothing for a text job (it reaches only
-    people inside their window), a ``spread`` job, or an unlimited tier."""
+    people inside their window), a ``spread`` job, or an unlimited tier. A scheduled job is
+    weighed at its send_at: what the last 24 h's reach and windows will be then (less what is
+    sent before it, which dispatch still counts)."""
     if spec.message.template is None or spec.tier == "spread":
         return
-    now_ms = int(time.time() * 1000)
+    now_ms = max(int(time.time() * 1000), intake.send_at_ms(spec))
     found = await reach(redis, settings, spec.phone_number_id, recipients, now_ms)
     if found.tier is None or found.left is None or found.would_count <= found.left:
         return
@@ -307,7 +309,8 @@ async def check_tier(
     message = (
         f"this template would reach {counted} people outside a service window not reached in"
         f" the last 24 h; portfolio {found.portfolio}'s messaging tier is {found.tier} people"
-        f" per moving 24 h and {found.left} are left, so {found.left} can be sent now; {fits}."
+        f" per moving 24 h and {found.left} are left, so {found.left} can be sent"
+        f" {'at send_at' if spec.send_at else 'now'}; {fits}."
         ' Send with "tier": "spread" to send as room returns'
     )
     raise ApiError(
