@@ -2,7 +2,8 @@
 ``recipients`` file part, CSV with a header, an ``id`` column (the PSID) and any other columns
 as personalisation variables.
 
-The file is spooled to disk by the form parser, then read row by row: recipients are deduped,
+The file is spooled to disk by the form parser, then read in blocks (csvblocks.py: whole blocks
+checked at C speed, the csv module for the rest, row by row): recipients are deduped (seen.py),
 checked (a PSID; every placeholder fillable), cut into chunks and pushed to the job's backlog in
 pipelined batches, so a million rows never sit in memory at once. Any bad row stops the upload,
 deletes what was pushed, and answers 422 naming the row and column: nothing is left behind.
@@ -10,11 +11,11 @@ deletes what was pushed, and answers 422 naming the row and column: nothing is l
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
+from itertools import compress, repeat
 from typing import IO, Any
 
 from redis.asyncio import Redis
@@ -22,8 +23,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from services.producer import intake, jobs, whatsapp
+from services.producer import csvblocks, intake, jobs, whatsapp
 from services.producer.common import check_page
+from services.producer.seen import SeenIds
 from shared import keys, messages
 from shared.errors import ApiError
 from shared.messages import Personalised
@@ -38,6 +40,8 @@ from shared.settings import ProducerSettings
 
 _PSID = re.compile(r"^[0-9]{1,64}$")
 _E164 = re.compile(r"^\+?[0-9]{8,15}$")  # a WhatsApp job's ids; the "+" is dropped
+# The same shapes for whole blocks at once (an id pattern not listed here: row by row)
+_SHAPES = {_PSID: csvblocks.IdShape(1, 64, False), _E164: csvblocks.IdShape(8, 15, True)}
 _PUSH_EVERY = 500  # chunks per pipelined RPUSH round trip
 _MAX_SPEC = 64 * 1024
 _UNCOMMITTED_TTL_S = 3600
@@ -78,18 +82,6 @@ async def read_form(request: Request, settings: ProducerSettings) -> tuple[bytes
     return spec.encode(), recipients
 
 
-def _rows(file: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
-    text = io.TextIOWrapper(file, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as exc:
-        raise _bad_csv(f"line {reader.line_num}: {exc}") from None
-    except UnicodeDecodeError:
-        raise _bad_csv(f"line {reader.line_num + 1}: the file is not UTF-8") from None
-
-
 def _header(row: list[str], template: Personalised[Any]) -> tuple[int, list[tuple[int, str]]]:
     names = [name.strip() for name in row]
     if "id" not in names:
@@ -113,36 +105,45 @@ class Ingest:
         self.redis = redis
         self.keys = keys.JobKeys.of(job_id)
         self.chunk_size = chunk_size
-        self.seen: set[str] = set()
+        self.seen = SeenIds()
         self.duplicates = 0
+        self.start = 0  # the position of ids[0]
         self.ids: list[str] = []
         self.vars: list[dict[str, str]] = []
         self.encoded: list[bytes] = []
         self.chunks = 0
 
     def add(self, psid: str, values: dict[str, str] | None) -> None:
-        if psid in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(psid)
-        self.ids.append(psid)
-        if values is not None:
-            self.vars.append(values)
-        if len(self.ids) == self.chunk_size:
-            self._cut()
+        self.add_many([psid], None if values is None else [values])
 
-    def _cut(self) -> None:
-        start = len(self.seen) - len(self.ids)
-        chunk = Chunk(job=self.keys.job_id, no=self.chunks, start=start, ids=self.ids)
-        if self.vars:
-            chunk.vars = self.vars
-        self.encoded.append(msgpack_encode(chunk))
-        self.chunks += 1
-        self.ids, self.vars = [], []
+    def add_many(self, ids: list[str], values: list[dict[str, str]] | None) -> None:
+        """Rows in file order; a repeated id is dropped (the first row wins)."""
+        first = self.seen.first(ids)
+        if first is not None:
+            self.duplicates += first.count(False)
+            ids = list(compress(ids, first))
+            values = None if values is None else list(compress(values, first))
+        self.ids += ids
+        if values is not None:
+            self.vars += values
+        self._cut(len(self.ids) - len(self.ids) % self.chunk_size)
+
+    def _cut(self, end: int) -> None:
+        """Encodes ids[:end] as chunks (all full but the last)."""
+        size = self.chunk_size
+        for at in range(0, end, size):
+            ids = self.ids[at : at + size]
+            chunk = Chunk(job=self.keys.job_id, no=self.chunks, start=self.start + at, ids=ids)
+            if self.vars:
+                chunk.vars = self.vars[at : at + size]
+            self.encoded.append(msgpack_encode(chunk))
+            self.chunks += 1
+        self.start += end
+        del self.ids[:end], self.vars[:end]
 
     async def flush(self, final: bool = False) -> None:
         if final and self.ids:
-            self._cut()
+            self._cut(len(self.ids))
         if not self.encoded or (len(self.encoded) < _PUSH_EVERY and not final):
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -256,15 +257,57 @@ async def _ingest(
 ) -> None:
     """``lane``: the check that waits for the count (Messenger's HUMAN_AGENT rule); ``ids``:
     what an id must look like, PSIDs or, for WhatsApp, E.164 (its "+" dropped)."""
-    rows = _rows(io.BufferedReader(_Hashing(file, digest)))
-    first = next(rows, None)
-    if first is None:
+    blocks = csvblocks.Blocks(io.BufferedReader(_Hashing(file, digest)))
+    header = blocks.header()
+    if header is None:
         raise _bad_csv("the CSV is empty")
-    id_col, used = _header(first[1], template)
+    id_col, used = _header(header, template)
+    names = [name for _, name in used]
+    required = [i for i, name in used if name in template.required]
     row_no = 0
+    for item in blocks.rows(len(header), id_col, [i for i, _ in used], _SHAPES.get(ids)):
+        if isinstance(item, csvblocks.Batch) and not any("" in item.columns[i] for i in required):
+            # Checked as a whole: every id in shape, every placeholder fillable.
+            row_no += len(item.ids)
+            values = _var_dicts(names, [item.columns[i] for i, _ in used]) if used else None
+            ingest.add_many(item.ids, values)
+        else:  # row by row, for the exact error (or rows the csv module had to read)
+            rows = item.rows() if isinstance(item, csvblocks.Batch) else [item]
+            row_no = _add_rows(rows, row_no, id_col, used, template, ingest, ids)
+        if len(ingest.seen) > settings.max_recipients:
+            intake.check_count(settings.max_recipients + 1, settings)  # as counted row by row
+        if len(ingest.encoded) >= _PUSH_EVERY:
+            await ingest.flush()
+    if not ingest.seen:
+        raise _bad_csv("the CSV has a header but no recipients")
+    # Before the last chunks are pushed: a refused job leaves nothing behind.
+    if lane is not None:
+        lane(len(ingest.seen))
+    await ingest.flush(final=True)
+
+
+def _var_dicts(names: list[str], columns: list[list[str]]) -> list[dict[str, str]]:
+    """Each row's variables; a dict display per row where it can (twice as fast as dict(zip))."""
+    if len(names) == 1:
+        (name,), (column,) = names, columns
+        return [{name: value} for value in column]
+    if len(names) == 2:
+        (one, two), (ones, twos) = names, columns
+        return [{one: a, two: b} for a, b in zip(ones, twos, strict=True)]
+    return list(map(dict, map(zip, repeat(names), zip(*columns, strict=True))))
+
+
+def _add_rows(
+    rows: Iterable[tuple[int, list[str]]],
+    row_no: int,
+    id_col: int,
+    used: list[tuple[int, str]],
+    template: Personalised[Any],
+    ingest: Ingest,
+    ids: re.Pattern[str],
+) -> int:
+    """Rows one by one, each checked on its own; answers the last row's number."""
     for line, row in rows:
-        if not row:
-            continue  # blank line
         row_no += 1
         psid = row[id_col].strip() if id_col < len(row) else ""
         if not ids.match(psid):
@@ -284,16 +327,7 @@ async def _ingest(
                     "recipients",
                 )
         ingest.add(psid, values)
-        if len(ingest.seen) > settings.max_recipients:
-            intake.check_count(len(ingest.seen), settings)
-        if len(ingest.encoded) >= _PUSH_EVERY:
-            await ingest.flush()
-    if not ingest.seen:
-        raise _bad_csv("the CSV has a header but no recipients")
-    # Before the last chunks are pushed: a refused job leaves nothing behind.
-    if lane is not None:
-        lane(len(ingest.seen))
-    await ingest.flush(final=True)
+    return row_no
 
 
 def _not_an_id(text: str, ids: re.Pattern[str]) -> str:
