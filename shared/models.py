@@ -323,6 +323,9 @@ class GraphError(msgspec.Struct, kw_only=True):
     error_subcode: int | None = None
     is_transient: bool = False
     fbtrace_id: str | None = None
+    # WhatsApp's answers say what went wrong in error_data.details (Meta: build on code and
+    # details). Any JSON is taken, so an odd error_data never makes the answer unreadable.
+    error_data: object = None
 
 
 class GraphAnswer(msgspec.Struct, kw_only=True):

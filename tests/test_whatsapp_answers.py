@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from test_fakegraph import ServerThread
 
+from services.fakegraph import whatsapp as whatsapp_fake
 from services.fakegraph.server import FakeGraph, FakeGraphConfig
 from shared.classify import Decision
 from shared.messages import Personalised, RenderError
@@ -245,6 +246,10 @@ def test_row(fake: FakeGraph, server: ServerThread, code: int) -> None:
         pace_person,
     )
     assert decision.message.startswith(f"(#{code}) ")
+    error = json.loads(whatsapp_fake.INJECTABLE[code].body(b"x"))["error"]
+    details = error.get("error_data", {}).get("details")
+    expected = error["message"] if details is None else f"{error['message']}: {details}"
+    assert decision.message == expected
     assert fake.whatsapp.stats.sends == []  # refused: nothing reached the person
 
 

@@ -270,7 +270,12 @@ def classify(result: SendResult) -> Decision:
             return SENT
         verdict: Verdict = "retry" if result.status >= 500 or result.status == 429 else "failed"
         return Decision(verdict, f"http_{result.status}", "", f"HTTP {result.status}")
-    return decide(error.code, error.message, result.status, result.retry_after, error.is_transient)
+    message = error.message
+    data = error.error_data
+    details = data.get("details") if isinstance(data, dict) else data
+    if isinstance(details, str) and details and details not in message:
+        message = f"{message}: {details}"  # the title alone is vague ("Message undeliverable")
+    return decide(error.code, message, result.status, result.retry_after, error.is_transient)
 
 
 def decide(
