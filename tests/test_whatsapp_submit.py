@@ -9,7 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 import msgspec
@@ -90,7 +90,7 @@ def upload(client: TestClient, spec: Any, csv_text: str) -> Any:
 
 def chunk_ids(r: redis.Redis, job_id: str) -> list[str]:
     k = keys.JobKeys.of(job_id)
-    entries = r.xrange(k.work)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], r.xrange(k.work))
     chunks = [msgspec.msgpack.decode(f[b"c"], type=Chunk) for _, f in entries]
     return [i for c in chunks if c.job == job_id for i in c.ids]
 
