@@ -8,6 +8,7 @@ receive time of every accepted send, so each limit is checked where Meta would s
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any, cast
 
@@ -172,7 +173,8 @@ def test_a_spread_job_never_goes_beyond_the_tier(stack: Stack) -> None:
     """Tier 250, a template to 300 people outside any service window, accepted as spread:
     exactly 250 reach the stand-in, the other 50 wait (unsent, not skipped) with the job
     showing why and until when; once 50 places age out of the moving 24 h, they go."""
-    fake = _start(stack, consumers=2, FANOUT_WA_RATE_LIMIT="0", FANOUT_WA_TIERS=f"{NUMBER}=250")
+    tiers = {"FANOUT_WA_TIERS": f"{NUMBER}=250", "FANOUT_DRAIN_S": "120"}
+    fake = _start(stack, consumers=2, **tiers)  # at the number's default 80/s
     fake.configure(wa_tier=250)
     people = _people(300)
     job_id = _submit(stack, people, TEMPLATE, tier="spread")
@@ -193,9 +195,19 @@ def test_a_spread_job_never_goes_beyond_the_tier(stack: Stack) -> None:
     assert (stats["accepted"], stats["tier_violations"]) == (250, 0)
     assert len({to for _, _, to, _ in _sends(fake)}) == 250
 
-    # A day passes for the 50 reached first: their places return, and the 50 waiting go.
+    # The consumers stop: a chunk waiting for a place goes back to the stream at once rather
+    # than holding the drain (120 s here), and its waiting people were never marked attempted.
+    for proc in stack.consumers:
+        proc.signal(signal.SIGTERM)
+    for proc in stack.consumers:
+        assert proc.wait(30) == 0
+    assert stack.job(job_id)["sent"] == 250
+
+    # A day passes for the 50 reached first: their places return, and a new consumer sends
+    # the 50 waiting.
     fake.configure(wa_tier=0)  # the stand-in's own clock has not moved a day
     _age(stack.r, reached, 50)
+    stack.start_consumer("c9")
     job = stack.wait_done(job_id, timeout=60)
     assert (job["sent"], job["failed"], job["skipped"], job["indoubt"]) == (300, 0, 0, 0)
     assert job.get("page_hold") is None

@@ -23,6 +23,7 @@ possible inside the window) and unlimited tiers have no ``Reach`` and cost nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import cast
@@ -74,15 +75,22 @@ class Reach:
         admitted = [i for i in range(len(people)) if i not in refused]
         return Split(admitted, sorted(refused), int(wait_ms) / 1000, int(reached))
 
-    async def wait(self, job: keys.JobKeys, wait_s: float, stopped: Callable[[], bool]) -> bytes:
+    async def wait(
+        self,
+        job: keys.JobKeys,
+        wait_s: float,
+        stopped: Callable[[], bool],
+        stopping: asyncio.Event,
+    ) -> bytes:
         """Show on the job why it waits and until when a place returns (``wait_s``), then wait
-        at most ``POLL_S`` (a place may come sooner: a tier raised, a reach trimmed by hand);
-        the job's status then: ``b"running"``/``b"pending"`` to ask again, else it was paused
-        (``b"paused"``), stopped or is gone."""
+        at most ``POLL_S`` (a place may come sooner: a tier raised, a reach trimmed by hand),
+        or until ``stopping`` is set; the job's status then: ``b"running"``/``b"pending"`` to
+        ask again, else it was paused (``b"paused"``), stopped or is gone (``b""``)."""
         until_ms = int((time.time() + wait_s) * 1000)
         await self._scripts.job_hold(keys=[job.hash], args=[HOLD, until_ms])
-        await asyncio.sleep(min(wait_s, POLL_S))
-        if stopped():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), min(wait_s, POLL_S))
+        if stopped() or stopping.is_set():
             return b""
         status = cast(bytes | None, await self._redis.hget(job.hash, "status"))
         return status or b""

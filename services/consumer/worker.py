@@ -51,7 +51,7 @@ _NO_TOKEN = Decision("failed", "page_token_missing", "", "no page token configur
 class Held:
     """A chunk entry this consumer holds, from read (or reclaim) until finished."""
 
-    __slots__ = ("entry_id", "payload", "recipients", "shard", "waiting", "work")
+    __slots__ = ("entry_id", "parked", "payload", "recipients", "shard", "waiting", "work")
 
     def __init__(self, shard: int, entry_id: bytes, payload: bytes, recipients: int) -> None:
         self.shard = shard
@@ -60,6 +60,9 @@ class Held:
         self.recipients = recipients
         self.work: ChunkWork | None = None
         self.waiting = False  # for its page's permits
+        # Waiting for a place in a WhatsApp tier (hours, maybe): not counted in the held bound,
+        # so jobs that wait for their tier never keep other jobs' chunks out.
+        self.parked = False
 
     def reserved(self) -> int:
         """Sender capacity this chunk claims: what it has in flight or queued, plus what it is
@@ -197,7 +200,8 @@ class Consumer:
         full chunk. Rounded up, not down: with fewer senders than a chunk has recipients, a
         floor would read nothing while one throttled chunk holds a few senders, and another
         page's job would wait behind it."""
-        held = len(self.held) + starting
+        parked = sum(1 for h in self.held.values() if h.parked)
+        held = len(self.held) - parked + starting
         if held >= self._max_held:
             return 0
         free = self.free_recipients(starting)
@@ -310,16 +314,17 @@ class Consumer:
             todo = [todo[i] for i in split.waiting]
             if not todo:
                 return
-            held.waiting = True
+            held.waiting = held.parked = True
             self.engine.wake()  # waiting frees capacity for other chunks
             try:
                 wait = partial(tier.wait, spec.keys, split.wait_s, lambda: spec.stopped)
-                status = await ledger.retrying(wait, "tier wait")
+                status = await ledger.retrying(partial(wait, self.stopping), "tier wait")
             finally:
-                held.waiting = False
-            if status not in (b"pending", b"running"):
-                # Paused: the chunk goes back to the backlog until resumed. Stopped: done.
-                work.requeue = status == b"paused"
+                held.waiting = held.parked = False
+            if self.stopping.is_set() or status not in (b"pending", b"running"):
+                # Paused: the chunk goes back to the backlog until resumed; this consumer
+                # stopping: back to the stream for the fleet at once. Stopped: nothing to do.
+                work.requeue = self.stopping.is_set() or status == b"paused"
                 return
 
     async def _send(self, held: Held, work: ChunkWork, sendable: list[int]) -> bool:
