@@ -34,6 +34,7 @@ neither cooled down nor weighed by its breaker for these answers: they are about
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from redis.exceptions import RedisError
@@ -57,12 +58,16 @@ def backoff_s(refusals: int, interval_s: float, hint_s: float | None = None) -> 
 
 
 _LOG_WINDOW_MS = round(1000 * (1 + STRICT_JITTER_S))
+CONCURRENT_CALLS = 32  # per consumer (Consumer passes one semaphore to every job's permits)
 
 
 class PairPermits:
     """One sender's last permits before a POST (one instance per job and consumer)."""
 
-    __slots__ = ("_cap", "_flight_ms", "_interval_ms", "_key", "_log", "_scripts", "sender")
+    __slots__ = (
+        *("_calls", "_cap", "_flight_ms", "_interval_ms", "_key", "_log", "_scripts"),
+        "sender",
+    )
 
     def __init__(
         self,
@@ -71,8 +76,13 @@ class PairPermits:
         limit: RecipientLimit | None,
         request_timeout_s: float,
         cap: int = 0,
+        calls: asyncio.Semaphore | None = None,
     ) -> None:
         self._scripts = scripts
+        # The consumer's bound on these calls at once: at an unlimited rate every sender would
+        # ask together, each on a Redis connection of its own (a storm of connects that, on a
+        # loaded host, timed out and let the chunks' leases lapse).
+        self._calls = calls or asyncio.Semaphore(CONCURRENT_CALLS)
         self.sender = sender
         self._key = keys.wa_pair if limit is None else limit.key
         self._interval_ms = 0 if limit is None else limit.interval_ms
@@ -89,31 +99,38 @@ class PairPermits:
 
     async def take(self, to: str) -> float:
         """0.0 when the send may go now, else the seconds to wait."""
-        wait_ms = await self._scripts.pair_permit(
-            keys=[self._key(self.sender, to), self._log],
-            args=["take", self._flight_ms, self._cap, _LOG_WINDOW_MS, to],
-        )
+        async with self._calls:
+            wait_ms = await self._scripts.pair_permit(
+                keys=[self._key(self.sender, to), self._log],
+                args=["take", self._flight_ms, self._cap, _LOG_WINDOW_MS, to],
+            )
         return int(wait_ms) / 1000
 
     async def done(self, to: str) -> None:
         """The answer came: the person is free again one interval from now."""
         if self._interval_ms <= 0:
             return
-        await self._scripts.pair_permit(
-            keys=[self._key(self.sender, to), self._log], args=["done", self._interval_ms]
-        )
+        async with self._calls:
+            await self._scripts.pair_permit(
+                keys=[self._key(self.sender, to), self._log], args=["done", self._interval_ms]
+            )
 
     async def refused(self, to: str, refusals: int, hint_s: float | None) -> float:
         """Meta refused the pair: hold the person fleet-wide for the back-off; its seconds."""
         wait_ms = int(backoff_s(refusals, self.interval_s, hint_s) * 1000)
-        held_ms = await self._scripts.pair_permit(
-            keys=[self._key(self.sender, to), self._log], args=["hold", wait_ms]
-        )
+        async with self._calls:
+            held_ms = await self._scripts.pair_permit(
+                keys=[self._key(self.sender, to), self._log], args=["hold", wait_ms]
+            )
         return int(held_ms) / 1000
 
 
 def for_job(
-    scripts: Scripts, provider: Provider, settings: ConsumerSettings, sender: str
+    scripts: Scripts,
+    provider: Provider,
+    settings: ConsumerSettings,
+    sender: str,
+    calls: asyncio.Semaphore | None = None,
 ) -> PairPermits | None:
     """A job's last permits: None (no cost) unless its provider names a pair limit or a
     strict rate (WhatsApp)."""
@@ -122,7 +139,7 @@ def for_job(
     cap = rates.per_sender.get(sender, rates.default) if rates.strict else 0
     if (limit is None or limit.interval_ms <= 0) and cap == 0:
         return None
-    return PairPermits(scripts, sender, limit, settings.request_timeout_s, cap)
+    return PairPermits(scripts, sender, limit, settings.request_timeout_s, cap, calls)
 
 
 # --- the Senders' two calls (delivery.py): what they do with a permit and with an answer ---

@@ -120,6 +120,8 @@ class Consumer:
         self._stopping_jobs: set[asyncio.Task[object]] = set()
         self._restricting: set[str] = set()  # pages whose jobs this consumer is pausing
         self._senders: Senders | None = None
+        # WhatsApp's last permits before a POST, at most this many Redis calls at once.
+        self._permit_calls = asyncio.Semaphore(pairs.CONCURRENT_CALLS)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -442,7 +444,9 @@ class Consumer:
         )
         spec.stopped = message is None  # the job ended, or its attachment could not be uploaded
         # WhatsApp: the per-person pair permit and the portfolio's tier (None for Messenger).
-        spec.pairs = pairs.for_job(self.scripts, provider, self.settings, fields.page_id)
+        spec.pairs = pairs.for_job(
+            self.scripts, provider, self.settings, fields.page_id, self._permit_calls
+        )
         spec.reach = reach.for_job(
             self.scripts, self.redis, self.settings, fields.channel, fields.page_id, spec.message
         )
