@@ -180,8 +180,9 @@ def test_template_job_is_stored_with_its_number_and_digits(
     assert view["message_kind"] == "whatsapp_template" and view["tier"] == "refuse"
     listed = client.get("/v1/jobs", headers=AUTH).json()["items"]
     assert [j["channel"] for j in listed] == ["whatsapp"]
-    # A Messenger job's view says so, and has no number.
-    messenger = {"page_id": PAGE, "message": {"text": "Hi"}, "messaging_type": "UPDATE"}
+    # A Messenger job (channel given or not) says so in its view, and has no number.
+    messenger = {"channel": "messenger", "page_id": PAGE, "message": {"text": "Hi"}}
+    messenger["messaging_type"] = "UPDATE"
     sent = client.post("/v1/jobs", json={**messenger, "recipients": ["1"]}, headers=AUTH)
     view = client.get(sent.json()["status_url"], headers=AUTH).json()
     assert (view["channel"], view["phone_number_id"], view["tier"]) == ("messenger", None, None)
