@@ -171,3 +171,25 @@ def test_seen_ids_are_exact() -> None:
     assert len(seen) == 10
     assert sorted(seen) == sorted(["1", "2", "012", "3", "12", "4", "x", long, "1" * 19, "5"])
     assert "012" in seen and "12" in seen and "0012" not in seen and 12 not in seen
+
+
+@pytest.mark.parametrize("expected", [0, 50_000])
+def test_seen_ids_agree_with_a_set_through_collisions_and_growth(expected: int) -> None:
+    """Many ids in a table that starts small (it grows, and probes run long) or sized ahead,
+    in batches of every size, repeats within and across batches: the same answers as a set."""
+    rng = random.Random(expected)
+    pool = [str(rng.randrange(1, 10**17)) for _ in range(30_000)]
+    pool += ["0" + p for p in pool[:50]] + ["7" * 25, "abc"]  # ids kept beside the table
+    seen, reference = SeenIds(expected), set()
+    for _ in range(300):
+        batch = [rng.choice(pool) for _ in range(rng.choice([1, 2, 10, 300, 2300]))]
+        want = []
+        for psid in batch:
+            want.append(psid not in reference)
+            reference.add(psid)
+        got = seen.first(batch)
+        assert (got or [True] * len(batch)) == want
+        assert len(seen) == len(reference)
+    assert set(seen) == reference
+    assert all((p in seen) == (p in reference) for p in pool)
+    assert "1" + "0" * 17 not in seen

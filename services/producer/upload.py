@@ -257,6 +257,8 @@ async def _ingest(
 ) -> None:
     """``lane``: the check that waits for the count (Messenger's HUMAN_AGENT rule); ``ids``:
     what an id must look like, PSIDs or, for WhatsApp, E.164 (its "+" dropped)."""
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
     blocks = csvblocks.Blocks(io.BufferedReader(_Hashing(file, digest)))
     header = blocks.header()
     if header is None:
@@ -268,6 +270,9 @@ async def _ingest(
     for item in blocks.rows(len(header), id_col, [i for i, _ in used], _SHAPES.get(ids)):
         if isinstance(item, csvblocks.Batch) and not any("" in item.columns[i] for i in required):
             # Checked as a whole: every id in shape, every placeholder fillable.
+            if not row_no:  # the dedupe's room for as many rows as the file seems to hold
+                rows_per_byte = len(item.lines) / (sum(map(len, item.lines)) + len(item.lines))
+                ingest.seen.expect(min(int(size * rows_per_byte * 1.1), settings.max_recipients))
             row_no += len(item.ids)
             values = _var_dicts(names, [item.columns[i] for i, _ in used]) if used else None
             ingest.add_many(item.ids, values)
