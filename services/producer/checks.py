@@ -96,8 +96,7 @@ async def _check_whatsapp(redis: Redis, body: bytes, tenant: str, request: Reque
     people = whatsapp.normalise(job.recipients)
     number = job.phone_number_id
     now = time.time()
-    lasts = await window.last_interactions(redis, number, people)
-    outside = sum(1 for last in lasts if not window.in_window(last, now))
+    outside = (await window.inside(redis, number, people, now)).count(False)
     suppressed = await _suppressed(redis, number, people) if job.suppress else set()
     notes = []
     if personal.required:
