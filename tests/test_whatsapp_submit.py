@@ -583,3 +583,26 @@ def test_openapi_documents_the_whatsapp_job_and_its_answers(client: TestClient) 
     )
     checked = client.post("/v1/checks", json=wa_job(), headers=AUTH)
     check("/v1/checks", 200, checked.json())
+
+
+def test_window_inside_agrees_with_last_interactions(redis_server: RedisServer) -> None:
+    """shared.window.inside (one script call for a batch) answers as last_interactions does,
+    also once the number has moved up a tier of buckets (past 4,096 people)."""
+    now_s = time.time()
+    people = [f"4477{i:08d}" for i in range(5000)]
+
+    async def run() -> tuple[list[bool], list[bool], int]:
+        client = aioredis.from_url(redis_server.url)
+        for i, person in enumerate(people[:4500]):
+            ago = 25 * 3600 if i % 3 == 0 else 3600  # a third wrote over 24 h ago
+            await window.touch(client, NUMBER, person, int((now_s - ago) * 1000))
+        tier = int(await client.hget(keys.window_heard(NUMBER), "tier") or 1)
+        inside = await window.inside(client, NUMBER, people, now_s)
+        lasts = await window.last_interactions(client, NUMBER, people)
+        await client.aclose()
+        return inside, [window.in_window(last, now_s) for last in lasts], tier
+
+    inside, expected, tier = asyncio.run(run())
+    assert tier >= 2  # the buckets grew a tier: the older tier's entries are read too
+    assert inside == expected
+    assert inside.count(True) == 3000  # two thirds of the 4,500 who wrote; none of the rest
