@@ -391,6 +391,17 @@ def _whatsapp(env: _Env) -> WhatsAppSettings:
     for number in tokens:
         if not re.fullmatch(r"[0-9]{1,32}", number):
             raise SettingsError(f"{_WA_NUMBERS}: {number!r} is not a phone_number_id (digits)")
+    portfolios = _wa_portfolios(env)
+    tiers = {
+        name: _wa_tier(f"{_WA_TIERS}: {name}", value.reveal())
+        for name, value in env.optional_pairs(_WA_TIERS).items()
+    }
+    for name in tiers.keys() & portfolios.keys():
+        # Meta sets the tier per portfolio since 2025-10-07: one number's own would be ignored.
+        raise SettingsError(
+            f"{_WA_TIERS}: number {name} is in portfolio {portfolios[name]!r}"
+            f" ({_WA_PORTFOLIOS}): set the portfolio's tier, which all its numbers share"
+        )
     return WhatsAppSettings(
         wa_tokens=tokens,
         wa_rate_limit=env.integer(
@@ -400,11 +411,8 @@ def _whatsapp(env: _Env) -> WhatsAppSettings:
         wa_pair_interval_s=env.number(
             "FANOUT_WA_PAIR_INTERVAL_S", DEFAULT_WA_PAIR_INTERVAL_S, 0.0, 86400.0
         ),
-        wa_portfolios=_wa_portfolios(env),
-        wa_tiers={
-            name: _wa_tier(f"{_WA_TIERS}: {name}", value.reveal())
-            for name, value in env.optional_pairs(_WA_TIERS).items()
-        },
+        wa_portfolios=portfolios,
+        wa_tiers=tiers,
         wa_tier_default=_wa_tier(
             "FANOUT_WA_TIER_DEFAULT", env.raw("FANOUT_WA_TIER_DEFAULT", DEFAULT_WA_TIER)
         ),

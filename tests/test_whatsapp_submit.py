@@ -142,6 +142,11 @@ def test_settings_parse_bind_and_mask() -> None:
             "FANOUT_WA_PORTFOLIOS: number 1 is in both 'a' and 'b'",
         ),
         (
+            {"FANOUT_WA_PORTFOLIOS": "brand=2", "FANOUT_WA_TIERS": "2=2000"},
+            "FANOUT_WA_TIERS: number 2 is in portfolio 'brand' (FANOUT_WA_PORTFOLIOS): set the"
+            " portfolio's tier, which all its numbers share",
+        ),
+        (
             {"FANOUT_TENANT_PAGES": "acme=1|999"},
             "FANOUT_TENANT_PAGES: 999 has no token in FANOUT_PAGE_TOKENS or FANOUT_WA_NUMBERS",
         ),
