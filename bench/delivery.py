@@ -9,7 +9,8 @@ Starts its own redis-server and fakegraph (no added latency), then measures:
      process as the consumer is (and the CPU each spends per message);
   2. fanout: producer -> Redis -> 1 consumer -> fakegraph on a page with no limit, from POST
      /v1/jobs to completed: msgs/s, the ratio to the bare loop on the same pool (issue 14,
-     goal 1), the consumer's and Redis's CPU per message;
+     goal 1), the consumer's and Redis's CPU per message, and the same ratio in CPU per
+     message (every process on the path: steadier than the rates on a shared machine);
   3. what recording costs Redis (issue 14, goal 3), on that unlimited page and on pages limited
      to each of ``--rates`` messages/s (``--limited-seconds`` of messages each):
        round trips per message  Redis's socket reads (INFO stats total_reads_processed) while
@@ -327,6 +328,18 @@ def main() -> int:
         print(
             line.format(
                 "fakegraph CPU per message, pool loop", f"{pool_baseline.graph_cpu_us:.1f}", "us"
+            )
+        )
+        # What the ratio would be on two cores of its own, CPU-bound: the CPU each message
+        # costs every process it passes through, the bare loop's path over fanout's. Steadier
+        # than the rates when other work shares the machine.
+        fanout_cpu = consumer_cpu_us + unlimited.cpu_us + graph_cpu_us
+        pool_cpu = pool_baseline.cpu_us + pool_baseline.graph_cpu_us
+        print(
+            line.format(
+                "ratio of CPU per message, pool loop / fanout",
+                f"{pool_cpu / fanout_cpu:.2f}",
+                f"({pool_cpu:.0f} us / {fanout_cpu:.0f} us, Redis included)",
             )
         )
         print(line.format("consumer peak RSS", f"{consumer_rss:.0f}", "MiB"))

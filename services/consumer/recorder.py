@@ -3,9 +3,15 @@
 A chunk's finish records all its answers at the end, but a consumer killed before that would
 leave every answered recipient of the chunk to be sent again. So each answer is also written
 as it arrives, in batches: a job's answers are flushed as one script call (record_answers.lua)
-when ``flush_at`` have gathered (at most a quarter of the senders) or ``flush_s`` after the
-first, whichever comes first, one flush at a time per job. While Redis is unreachable a flush
-is retried with backoff, and the next batch keeps gathering.
+when ``flush_at`` have gathered (at most a quarter of the senders) or a wait after the first,
+whichever comes first, one flush at a time per job. While Redis is unreachable a flush is
+retried with backoff, and the next batch keeps gathering.
+
+The wait follows how fast the job's answers come: ``flush_s`` while they come fast, doubling
+after each flush that carried fewer than a quarter of ``flush_at`` (up to ``MAX_WAIT_S``) and
+halving after each that carried half or more. A job held to its page's rate (40/s: a permit
+batch of 2 every 50 ms) so writes a few answers per call instead of one per call, while the
+senders waiting on its batch stay about a quarter of ``flush_at`` (or rate x ``MAX_WAIT_S``).
 
 A sender waits for its answer's batch to be written before it takes the next recipient, so
 requests in flight plus answers not yet written never exceed the senders (``FANOUT_CONCURRENCY``):
@@ -35,6 +41,8 @@ log = logging.getLogger("fanout.consumer")
 # the throughput of recording once per chunk (5 ms / 64 halved it: senders wait on their batch).
 FLUSH_S = 0.002
 FLUSH_AT = 32
+# The longest a slow job's answer waits for company before it is written (senders wait on it).
+MAX_WAIT_S = 0.1
 
 
 class Batch:
@@ -81,6 +89,7 @@ class Recorder:
         self.keys = k
         self.flush_s = flush_s
         self.flush_at = flush_at
+        self.wait_s = flush_s  # the flush deadline now, after the first answer of a batch
         self._loop = asyncio.get_running_loop()
         self._open = Batch(self._loop)
         self._timer: asyncio.TimerHandle | None = None
@@ -112,7 +121,7 @@ class Recorder:
         if len(batch) >= self.flush_at:
             self._kick()
         elif self._timer is None:
-            self._timer = self._loop.call_later(self.flush_s, self._kick)
+            self._timer = self._loop.call_later(self.wait_s, self._kick)
 
     def _kick(self) -> None:
         self._due = True
@@ -128,11 +137,19 @@ class Recorder:
                     self._timer = None
                 batch, self._open = self._open, Batch(self._loop)
                 if batch:
+                    self._adapt(len(batch))
                     await self._write(batch)
                 if self._open and self._timer is None and not self._due:
-                    self._timer = self._loop.call_later(self.flush_s, self._kick)
+                    self._timer = self._loop.call_later(self.wait_s, self._kick)
         finally:
             self._flusher = None
+
+    def _adapt(self, size: int) -> None:
+        """The next batches' wait, from how many answers this one gathered."""
+        if size * 2 >= self.flush_at:
+            self.wait_s = max(self.flush_s, self.wait_s / 2)
+        elif size * 4 < self.flush_at:
+            self.wait_s = min(MAX_WAIT_S, self.wait_s * 2)
 
     async def _write(self, batch: Batch) -> None:
         outcome = batch.outcome()
