@@ -152,15 +152,60 @@ def _test_send(client: Client, args: argparse.Namespace, spec: dict[str, Any]) -
     return 0 if all(r["outcome"] == "sent" for r in answer["results"]) else 1
 
 
+def _whatsapp_message(args: argparse.Namespace) -> dict[str, Any]:
+    """WhatsApp's own message: a text, or an approved template whose body parameters are the
+    --param values in order ({{1}}, {{2}}, ... in the template as Meta approved it)."""
+    if args.text is not None:
+        return {"text": {"body": args.text}}
+    language = {"code": args.language or "en_US"}
+    template: dict[str, Any] = {"name": args.template, "language": language}
+    if args.param:
+        parameters = [{"type": "text", "text": value} for value in args.param]
+        template["components"] = [{"type": "body", "parameters": parameters}]
+    return {"template": template}
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The job without its recipients: --page makes a Messenger job, --number a WhatsApp one,
+    the rest of the command line the same. A Messenger-only option given on WhatsApp goes to the
+    server, whose refusal names the field; WhatsApp-only options beside --page are refused here."""
+    if args.number is not None:
+        spec: dict[str, Any] = {
+            "channel": "whatsapp",
+            "phone_number_id": args.number,
+            "message": _whatsapp_message(args),
+        }
+        if args.messaging_type:
+            spec["messaging_type"] = args.messaging_type
+        if args.tier:
+            spec["tier"] = args.tier
+        return spec
+    whatsapp_only = [
+        option
+        for option, given in (
+            ("--template", args.template),
+            ("--param", args.param),
+            ("--tier", args.tier),
+            ("--language", args.language),
+        )
+        if given
+    ]
+    if whatsapp_only:
+        raise CliError(f"{whatsapp_only[0]} is for a WhatsApp job (--number), not --page", 2)
+    return {
+        "page_id": args.page,
+        "message": {"text": args.text},
+        "messaging_type": "MESSAGE_TAG" if args.tag else args.messaging_type or "UPDATE",
+    }
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"file not found: {path}", 2)
-    spec: dict[str, Any] = {
-        "page_id": args.page,
-        "message": {"text": args.text},
-        "messaging_type": "MESSAGE_TAG" if args.tag else args.messaging_type,
-    }
+    if args.param and args.template is None:
+        raise CliError("--param fills a template's body: give --template NAME", 2)
+    spec = _spec(args)
     for field in ("tag", "send_at", "callback_url"):
         if getattr(args, field):
             spec[field] = getattr(args, field)
@@ -203,11 +248,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sender(job: dict[str, Any]) -> str:
+    """'page <id>' or 'WhatsApp <phone_number_id>', as the job page names the sender."""
+    if job.get("channel") == "whatsapp":
+        return f"WhatsApp {job['phone_number_id']}"
+    return f"page {job['page_id']}"
+
+
 def _details(job: dict[str, Any]) -> str:
     codes = ", ".join(f"{k}: {v}" for k, v in job["error_codes"].items()) or "none"
     name = (job.get("metadata") or {}).get("name")
+    # Receipts: always for WhatsApp (its statuses are the only word on delivery), for Messenger
+    # once webhooks reported some (a deployment without them would show a misleading 0).
+    receipts = job.get("channel") == "whatsapp" or job.get("delivered") or job.get("read")
     return (
         (f"name: {name}\n" if name else "")
+        + (f"{_sender(job)}\n" if job.get("channel") == "whatsapp" else "")
+        + (
+            f"receipts: delivered {job['delivered']:,}, read {job['read']:,}"
+            + (f", undelivered {job['undelivered']:,}" if job.get("undelivered") else "")
+            + "\n"
+            if receipts
+            else ""
+        )
         + f"error codes: {codes}"
         + (f"\nreason: {job['reason']}" if job.get("reason") else "")
     )
@@ -218,7 +281,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     params = {"limit": str(args.limit), **({"status": args.status} if args.status else {})}
     page = client.call("GET", "/v1/jobs", params=params)
     lines = [
-        f"{j['job_id']}  {j['status']:<10} page {j['page_id']:<12} "
+        f"{j['job_id']}  {j['status']:<10} {_sender(j):<17} "
         f"{j['sent'] + j['failed'] + j['skipped']:>9,}/{j['total']:<9,} "
         f"sent {j['sent']:>9,} failed {j['failed']:>7,}  "
         f"{(j.get('metadata') or {}).get('name') or ''}"
@@ -260,6 +323,8 @@ examples:
       --metadata campaign=bf26 --metadata segment=vip --send-at 2027-03-01T09:00:00+01:00
   fanout send agents.csv --page 1234567890 --tag HUMAN_AGENT --text "An agent replied"
   fanout send contacts.csv --page 1234567890 --text "Hi {{first_name}}" --test 2401234567
+  fanout send people.csv --number 106540352242922 --template order_shipped --language en_US \\
+      --param "{{first_name|there}}" --tier spread --watch
 
 """
 
@@ -274,19 +339,52 @@ def add_commands(sub: Any) -> None:
         parents=[common],
         formatter_class=raw,
         help="upload a CSV of recipients and send them a message",
-        description="Upload a CSV (an `id` column with PSIDs; other columns fill "
-        "{{placeholders}})\nand send one message to everyone in it.",
+        description="Upload a CSV (an `id` column with PSIDs, or E.164 numbers with --number;\n"
+        "other columns fill {{placeholders}}) and send one message to everyone in it,\n"
+        "on Messenger from --page or on WhatsApp from --number.",
         epilog=_SEND_EXAMPLES + EXIT_CODES,
     )
     s.add_argument("file", help="CSV file with a header and an id column")
-    s.add_argument("--page", required=True, help="the Facebook page id to send from")
-    s.add_argument("--text", required=True, help='message text, e.g. "Hi {{first_name|there}}"')
+    sender = s.add_mutually_exclusive_group(required=True)
+    sender.add_argument("--page", help="the Facebook page id to send from (Messenger)")
+    sender.add_argument(
+        "--number",
+        metavar="PHONE_NUMBER_ID",
+        help="the WhatsApp number to send from, by its phone_number_id: a WhatsApp job, the "
+        "CSV's ids E.164 phone numbers (a leading + is dropped)",
+    )
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help='message text, e.g. "Hi {{first_name|there}}"')
+    what.add_argument(
+        "--template",
+        metavar="NAME",
+        help="WhatsApp: an approved message template, by name (reaches people outside their "
+        "24 h service window; a --text reaches only those inside it)",
+    )
+    s.add_argument(
+        "--language",
+        metavar="CODE",
+        help="WhatsApp: the template's language code, as approved (default: en_US)",
+    )
+    s.add_argument(
+        "--param",
+        action="append",
+        metavar="TEXT",
+        help="WhatsApp: the template body's next parameter ({{1}}, {{2}}, ... in order), e.g. "
+        '"{{first_name}}" (repeatable)',
+    )
+    s.add_argument(
+        "--tier",
+        choices=["refuse", "spread"],
+        help="WhatsApp: when the template would reach more new people than the messaging "
+        "tier has left, refuse the job (the server's default: 422 with how many can be sent "
+        "now) or spread it, sending as room returns",
+    )
     s.add_argument(
         "--messaging-type",
-        default="UPDATE",
         choices=["RESPONSE", "UPDATE", "MESSAGE_TAG"],
         help="Meta's lane: RESPONSE or UPDATE inside the person's 24 h window (default: "
-        "%(default)s); MESSAGE_TAG with --tag",
+        "UPDATE); MESSAGE_TAG with --tag. Messenger only: WhatsApp has no lanes",
     )
     s.add_argument(
         "--tag",
