@@ -15,8 +15,9 @@ _DESCRIPTION = """\
 fanout: bulk message delivery on Redis Streams.
 
 A client posts one message and up to millions of recipients to the producer, which answers at
-once with a job id; consumers deliver every message through the Messenger Send API and keep
-counters anyone can read. Settings come from FANOUT_* environment variables (see README).
+once with a job id; consumers deliver every message through the Messenger Send API or the
+WhatsApp Cloud API (a job's channel) and keep counters anyone can read. Settings come from
+FANOUT_* environment variables (see README).
 """
 
 _EPILOG = """\
@@ -25,6 +26,7 @@ examples:
   fanout fakegraph --port 8090 --latency-ms 5  the local Messenger stand-in
   export FANOUT_URL=http://127.0.0.1:8000 FANOUT_TOKEN=local-api-token
   fanout send contacts.csv --page 1234567890 --text "Hi {{first_name|there}}" --watch
+  fanout send people.csv --number 106540352242922 --template order_shipped --watch   WhatsApp
   fanout --json status 2-9f3c...               --url, --token, --json before or after COMMAND
 
 `fanout COMMAND --help` shows each command's options, choices, examples and exit codes.
@@ -143,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser(
         "fakegraph",
-        help="run a local stand-in for the Messenger Send API",
+        help="run a local stand-in for the Messenger Send API and WhatsApp Cloud API",
         add_help=False,
     )
     f.add_argument("rest", nargs=argparse.REMAINDER)
