@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import signal
 import time
+from functools import partial
 from typing import Any, cast
 
+import msgspec
 import pytest
 import redis
 from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
+from redis.asyncio import Redis as AsyncRedis
 
 from services.consumer import pairs, reach
 from services.consumer.limiter import STRICT_JITTER_S, strict_rate
 from shared import keys
+from shared.providers import messenger, whatsapp, whatsapp_message
+from shared.scripts import Scripts
+from shared.settings import consumer_settings
 
 NUMBER = "106540352242922"  # a phone_number_id, as Meta's examples spell them
 NUMBER_TOKEN = "EAAwhatsapptoken0123456789secret"
@@ -159,6 +165,58 @@ def test_the_same_person_twice_waits_for_the_pair_interval(stack: Stack) -> None
         assert abs(times[1] - times[0]) >= interval, (person, times)
     assert _wa_stats(fake)["pair_violations"] == 0
     assert _refused(fake) == {}  # not one 131056
+
+
+def test_messenger_jobs_pay_nothing_for_whatsapps_limits() -> None:
+    """No last permit and no tier for a Messenger job (and none for a WhatsApp text or an
+    unlimited tier): the Senders' hooks stay None, so a Messenger send costs no extra call."""
+    settings = consumer_settings(
+        {
+            "FANOUT_PAGE_TOKENS": f"{PAGE}={PAGE_TOKEN}",
+            "FANOUT_WA_NUMBERS": f"{NUMBER}={NUMBER_TOKEN}",
+            "FANOUT_WA_TIERS": f"{NUMBER}=unlimited",
+        }
+    )
+    scripts = cast(Scripts, None)  # never called: nothing is built for these jobs
+    redis_client = cast(AsyncRedis, None)
+    assert pairs.for_job(scripts, messenger.PROVIDER, settings, PAGE) is None
+    permits = pairs.for_job(scripts, whatsapp.PROVIDER, settings, NUMBER)
+    assert permits is not None and permits.interval_s == 6.0
+    template = whatsapp_message.WhatsAppMessage(
+        template=whatsapp_message.Template(
+            name="order_update", language=whatsapp_message.Language(code="en_US")
+        )
+    )
+    text = whatsapp_message.WhatsAppMessage(text=whatsapp_message.Text(body="Hi"))
+    for_job = partial(reach.for_job, scripts, redis_client)
+    assert for_job(settings, "messenger", PAGE, template) is None
+    assert for_job(settings, "whatsapp", NUMBER, text) is None
+    assert for_job(settings, "whatsapp", NUMBER, template) is None  # unlimited
+    limited = msgspec.structs.replace(settings, wa_tiers={})  # the default tier, 250
+    tier = for_job(limited, "whatsapp", NUMBER, template)
+    assert tier is not None and tier.tier == 250 and tier.key == keys.wa_reached(NUMBER)
+
+
+@pytest.mark.timeout(120)
+def test_a_pair_refusal_backs_off_the_person_not_the_number(stack: Stack) -> None:
+    """Meta answers 131056 for one person every time (another app sending from the number,
+    say): that person is retried after the back-off and fails with 131056 once their retry
+    budget is spent, while everyone else is sent and the number is neither cooled down nor
+    held by its breaker."""
+    fake = _start(stack, FANOUT_MAX_ATTEMPTS="2")
+    refused, others = _people(1), _people(30, offset=100)
+    fake.configure(wa_errors=dict.fromkeys(refused, 131056))
+    job = stack.wait_done(_submit(stack, refused + others, TEMPLATE), timeout=60)
+    assert (job["sent"], job["failed"], job["skipped"]) == (30, 1, 0)
+    assert job["error_codes"] == {"131056": 1}
+    # Retried after Meta's back-off (6 s, then 16 s), until the budget of FANOUT_MAX_ATTEMPTS
+    # strikes is spent: a strike counts only while others are being answered
+    # (pagehealth.RetryBudget), so the person is tried two or three times, never more.
+    tries = _refused(fake)["131056"]
+    assert list(tries) == refused and 2 <= tries[refused[0]] <= 3
+    assert {to for _, _, to, _ in _sends(fake)} == set(others)
+    state = stack.r.hgetall(keys.rate(NUMBER))
+    assert b"pause_until" not in state and b"breaker" not in state
 
 
 def _age(r: redis.Redis, key: str, people: int) -> None:
