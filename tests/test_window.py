@@ -11,11 +11,34 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import PAGE, Stack, psids, wait_for
+import redis
+from conftest import PAGE, RedisServer, Stack, psids, wait_for
+from redis.asyncio import Redis
+from test_ledger import run
 
-from shared import keys
+from services.producer import jobs
+from shared import control, keys
+from shared.models import JobRequest, Message
+from shared.scripts import Scripts
+from shared.settings import producer_settings
 
 WINDOW, CHUNK = 2, 10
+
+
+def new_job(redis_server: RedisServer, n: int) -> keys.JobKeys:
+    """A job of n recipients in chunks of 10 on shard 0, a window of 1 released."""
+    request = JobRequest(
+        page_id="1", message=Message("hi"), recipients=psids(n), messaging_type="UPDATE"
+    )
+    env = {"FANOUT_API_TOKENS": "acme=t", "FANOUT_PAGE_TOKENS": "1=x", "FANOUT_SHARDS": "1"}
+    settings = producer_settings({**env, "FANOUT_CHUNK_SIZE": "10", "FANOUT_WINDOW": "1"})
+    prepared = jobs.prepare(request, request.message, b"{}", "acme", settings, 0, None)
+
+    async def make(client: Redis, scripts: Scripts) -> None:
+        await jobs.commit(client, scripts, prepared, 1, 3600)
+
+    run(redis_server, make)
+    return keys.JobKeys.of(prepared.job_id)
 
 
 def start(stack: Stack, latency_ms: int, concurrency: int) -> None:
@@ -35,6 +58,30 @@ def chunks_out(stack: Stack, job_id: str) -> int:
 def stats(stack: Stack) -> dict[str, Any]:
     assert stack.fake is not None
     return stack.fake.stats()
+
+
+def test_top_up_shares_the_ask_round_robin_and_releases_only_for_running_jobs(
+    redis_server: RedisServer, r: redis.Redis
+) -> None:
+    big = new_job(redis_server, 100)  # 10 chunks of 10, a window of 1 released
+    small = new_job(redis_server, 30)  # 3 chunks
+    paused = new_job(redis_server, 50)  # 5 chunks
+
+    async def ask(client: Redis, scripts: Scripts) -> list[list[int]]:
+        assert await control.pause(scripts, paused) == "paused"
+        flat = [key for k in (big, small, paused) for key in (k.hash, k.backlog)]
+        first = await scripts.top_up(keys=[big.work, *flat], args=[5])
+        second = await scripts.top_up(keys=[big.work, *flat], args=[10])
+        return [list(map(int, first)), list(map(int, second))]
+
+    first, second = run(redis_server, ask)
+    # One chunk each in turn: big, small, big, small, big; the paused job gets none (-2).
+    assert first == [3, 2, -2]
+    # The small job's backlog is empty (-1); the big one gives what it has left.
+    assert second == [6, -1, -2]
+    counts = [r.hmget(k.hash, "released", "acked") for k in (big, small, paused)]
+    assert [(int(a or 0), int(b or 0)) for a, b in counts] == [(10, 0), (3, 0), (1, 0)]
+    assert r.xlen(big.work) == 10 + 3 + 1 and r.llen(paused.backlog) == 4
 
 
 def test_one_job_gets_more_in_flight_than_the_window_when_senders_are_idle(
