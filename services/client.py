@@ -273,7 +273,18 @@ def _details(job: dict[str, Any]) -> str:
         )
         + f"error codes: {codes}"
         + (f"\nreason: {job['reason']}" if job.get("reason") else "")
+        + _hold(job)
     )
+
+
+def _hold(job: dict[str, Any]) -> str:
+    """Why a running job sends nothing for now, and until when: its sender is held (a
+    provider outage, a restriction) or, on WhatsApp, the portfolio's messaging tier is used up
+    and the job waits for the oldest reach to turn 24 h old."""
+    if not job.get("page_hold"):
+        return ""
+    until = f" until {job['hold_until']}" if job.get("hold_until") else ""
+    return f"\nwaiting: {job['page_hold']}{until}"
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

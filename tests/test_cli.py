@@ -11,6 +11,8 @@ from pathlib import Path
 
 from conftest import API_TOKENS, PAGE, PAGE_TOKEN, ROOT, Stack, free_port
 
+from services import client
+
 
 def fanout(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FANOUT_")}
@@ -204,3 +206,25 @@ def test_send_on_whatsapp_by_changing_one_option(stack: Stack, tmp_path: Path) -
         assert len(wrong.stderr.strip().splitlines()) == 1
     both = fanout("send", str(contacts), "--page", PAGE, "--number", WA_NUMBER, "--text", "x")
     assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
+def test_status_says_why_a_job_waits() -> None:
+    """A spread WhatsApp job waiting for its tier (or a held page) says so and until when."""
+    job = {
+        "error_codes": {},
+        "channel": "whatsapp",
+        "phone_number_id": WA_NUMBER,
+        "delivered": 240,
+        "read": 100,
+        "undelivered": 3,
+        "page_hold": "tier_reached",
+        "hold_until": "2026-12-03T09:00:00.000Z",
+    }
+    assert client._details(job).splitlines() == [
+        f"WhatsApp {WA_NUMBER}",
+        "receipts: delivered 240, read 100, undelivered 3",
+        "error codes: none",
+        "waiting: tier_reached until 2026-12-03T09:00:00.000Z",
+    ]
+    messenger = {"error_codes": {"551": 2}, "page_id": PAGE, "delivered": 0, "read": 0}
+    assert client._details(messenger) == "error codes: 551: 2"  # as before channels
