@@ -219,6 +219,13 @@ def test_a_pair_refusal_backs_off_the_person_not_the_number(stack: Stack) -> Non
     assert b"pause_until" not in state and b"breaker" not in state
 
 
+def _pending(stack: Stack) -> int:
+    """Chunks held by consumers (pending in the work streams)."""
+    shards = range(int(stack.env["FANOUT_SHARDS"]))
+    found = [stack.r.xpending(keys.work_stream(s), keys.GROUP) for s in shards]
+    return sum(int(p["pending"]) for p in found)
+
+
 def _age(r: redis.Redis, key: str, people: int) -> None:
     """Make the oldest ``people`` of the reach zset older than 24 h, as a day passing would."""
     oldest = cast(list[bytes], r.zrange(key, 0, people - 1))
@@ -252,6 +259,16 @@ def test_a_spread_job_never_goes_beyond_the_tier(stack: Stack) -> None:
     stats = _wa_stats(fake)
     assert (stats["accepted"], stats["tier_violations"]) == (250, 0)
     assert len({to for _, _, to, _ in _sends(fake)}) == 250
+
+    # A pause puts the waiting chunk back in the job's backlog; a resume sends it out again,
+    # and it waits for a place once more (nothing sent meanwhile).
+    assert stack.api is not None
+    assert stack.api.post(f"/v1/jobs/{job_id}/pause").status_code == 200
+    wait_for(lambda: not _pending(stack), 30, "the waiting chunk back in the backlog")
+    assert stack.r.llen(keys.JobKeys.of(job_id).backlog) >= 1
+    assert stack.api.post(f"/v1/jobs/{job_id}/resume").status_code == 200
+    wait_for(lambda: _pending(stack), 30, "the chunk out again, waiting")
+    wait_for(held, 30, "the job held by the tier again")
 
     # The consumers stop: a chunk waiting for a place goes back to the stream at once rather
     # than holding the drain (120 s here), and its waiting people were never marked attempted.

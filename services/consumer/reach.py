@@ -96,6 +96,12 @@ class Reach:
         return status or b""
 
 
+async def release(redis: Redis, job: keys.JobKeys) -> None:
+    """A chunk that waited found its places: the job no longer shows the hold (a chunk of it
+    still waiting shows it again at its next ask, within POLL_S)."""
+    await redis.hdel(job.hash, "hold", "hold_until")
+
+
 def runs(indexes: list[int]) -> list[list[int]]:
     """Sorted indexes cut into runs of consecutive ones: the ledger marks a batch attempted
     as one range, which must not cover people still waiting for a place."""

@@ -32,7 +32,7 @@ from services.consumer.delivery import ChunkWork, JobSpec, Senders
 from services.consumer.demand import Demand
 from services.consumer.engine import Engine, Entry
 from services.consumer.limiter import Limiters
-from services.consumer.recorder import FLUSH_AT, Recorder
+from services.consumer.recorder import FLUSH_AT, Batch, Recorder
 from shared import audit, control, jobview, keys, metrics, suppressions
 from shared.classify import Decision
 from shared.models import Chunk, Failure, Outcome, chunk_decoder
@@ -268,6 +268,8 @@ class Consumer:
         # its answers and goes on when Redis is back, instead of waiting out a lease.
         spec = await ledger.retrying(partial(self._spec, k), "job spec")
         requeue = False
+        riding: Batch | None = None
+        recorder: Recorder | None = None
         if spec is None:  # the job is gone, or its page has no token here
             outcome = await self._unsendable(chunk, k)
         else:
@@ -277,11 +279,24 @@ class Consumer:
             await work.done
             outcome = work.outcome()
             requeue = work.requeue
+            # The job's sent answers still waiting for a write go with this finish instead.
+            recorder = work.recorder
+            riding = recorder.take_sent()
+        written = outcome
+        if riding is not None:
+            written = Outcome([*outcome.sent, *riding.sent], outcome.failed, outcome.doubtful)
         finish = partial(
-            ledger.finish, self.scripts, k, held.entry_id, outcome, payload=payload, requeue=requeue
+            ledger.finish, self.scripts, k, held.entry_id, written, payload=payload, requeue=requeue
         )
         # Shielded: a cancellation must not leave the chunk half-recorded.
-        finished = await asyncio.shield(ledger.retrying(finish, "finish chunk"))
+        try:
+            finished = await asyncio.shield(ledger.retrying(finish, "finish chunk"))
+        except BaseException:
+            if recorder is not None and riding is not None:
+                recorder.give_back(riding)
+            raise
+        if riding is not None:
+            riding.set_written()
         metrics.CHUNKS.labels("finished" if finished.acked else "already_acked").inc()
         _SENT.inc(len(outcome.sent))
         if finished.status == "completed" and finished.acked:
@@ -307,16 +322,19 @@ class Consumer:
         before their permit (reach.py); who finds none waits, the chunk claiming no sender
         capacity, until a place returns. Nobody is sent beyond the tier or skipped for it."""
         ids, spec = work.chunk.ids, work.spec
+        waited = False
         while todo and not spec.stopped:
             people = [ids[i] for i in todo]
             split = await ledger.retrying(partial(tier.split, people), "tier places")
+            if waited and not split.waiting:
+                await ledger.retrying(partial(reach.release, self.redis, spec.keys), "tier hold")
             for run in reach.runs([todo[i] for i in split.admitted]):
                 if not await self._send(held, work, run):
                     return
             todo = [todo[i] for i in split.waiting]
             if not todo:
                 return
-            held.waiting = held.parked = True
+            held.waiting = held.parked = waited = True
             self.engine.wake()  # waiting frees capacity for other chunks
             try:
                 wait = partial(tier.wait, spec.keys, split.wait_s, lambda: spec.stopped)
