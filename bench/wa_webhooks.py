@@ -2,8 +2,9 @@
 statuses each into ``POST /webhooks/whatsapp`` on one producer, applied by one consumer
 (services/consumer/wa_events.py, one wa_status.lua call per status), for a job of ``--people``
 recipients: every person ``sent`` then ``delivered``, half of them ``read``, 5% ``failed``
-(131026, so also suppressed). Prints the statuses/s the receiver took, the statuses/s applied
-end to end (first POST to the job's counts all in), and the Redis bytes per recipient of the
+(131026, so also suppressed). Prints the statuses/s the receiver took, the statuses/s one
+consumer then applies (started once every POST is in the inbox, until the job's counts are all
+in), and the Redis bytes per recipient of the
 job's receipt bitmaps (delivered, read, undelivered).
 
     .venv/bin/python bench/wa_webhooks.py [--people 20000] [--connections 16]
@@ -115,7 +116,6 @@ def main() -> None:
     with Harness(FANOUT_APP_SECRET=SECRET, FANOUT_WEBHOOK_VERIFY_TOKEN="v") as h:
         r = h.redis()
         api = h.producer()
-        h.consumer()
         job_id = keys.new_job_id(0)
         k = keys.JobKeys.of(job_id)
         r.hset(k.hash, mapping={"total": args.people, "status": "completed", "page_id": NUMBER})
@@ -125,6 +125,9 @@ def main() -> None:
         port = int(str(api.base_url).rsplit(":", 1)[1].rstrip("/"))
         asyncio.run(_post_all(port, bodies, args.connections))
         posted_s = time.perf_counter() - started
+        # The consumer starts once every POST is in the inbox: it alone sets the pace below.
+        started = time.perf_counter()
+        h.consumer()
 
         def counted() -> bool:
             got = r.hmget(k.hash, ["delivered", "read", "undelivered"])
@@ -138,7 +141,7 @@ def main() -> None:
         print(
             f"receiver took: {n / posted_s:,.0f} statuses/s ({len(bodies) / posted_s:,.0f} POSTs/s)"
         )
-        print(f"applied end to end (one consumer): {n / applied_s:,.0f} statuses/s")
+        print(f"applied by one consumer (its start-up included): {n / applied_s:,.0f} statuses/s")
         print(f"receipt bitmaps: {bitmaps / args.people:.2f} B per recipient")
 
 
