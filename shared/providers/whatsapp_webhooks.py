@@ -16,9 +16,10 @@ breaks nothing):
 - signature and verification: the same ``X-Hub-Signature-256`` and ``hub.*`` as Messenger,
   https://developers.facebook.com/documentation/business-messaging/whatsapp/webhooks/create-webhook-endpoint
 
-Meta neither orders nor de-duplicates these ("delivered events may happen after failed" on a
-person's second device), so what is read here is applied idempotently and order-free
-(services/consumer/wa_events.py).
+Meta neither orders nor de-duplicates these, and "delivered events may happen after failed"
+on a person's second device (an integrator's account of Meta's statuses:
+https://docs.ycloud.com/reference-link/whatsapp-message-updated-webhook-examples), so what is
+read here is applied idempotently and order-free (services/consumer/wa_events.py).
 """
 
 from __future__ import annotations
