@@ -94,36 +94,38 @@ class SeenIds:
         keys = list(map(int, ids))
         slots = list(map(and_, map(hash, ids), repeat(len(self._table) - 1)))
         # Equal ids have equal slots: distinct slots rule out a repeat inside the batch.
-        distinct = len(set(slots)) == len(slots)
-        if not distinct and len(set(keys)) != len(keys):
+        if len(set(slots)) != len(slots) and len(set(keys)) != len(keys):
             return self._one_by_one(ids)
-        repeated = self._insert(keys, slots, distinct)
+        repeated = self._insert(keys, slots)
         self._count += len(ids) - len(repeated)
         if not repeated:
             return None
         return [i not in repeated for i in range(len(ids))]
 
-    def _insert(self, keys: list[int], slots: list[int], distinct: bool = False) -> set[int]:
+    def _insert(self, keys: list[int], slots: list[int]) -> set[int]:
         """Adds distinct keys, each probing from its slot; answers the indexes of the keys
-        that were already there. ``distinct``: no two slots alike."""
+        that were already there."""
         table, mask = self._table, len(self._table) - 1
         index: Sequence[int] = range(len(keys))
         repeated: set[int] = set()
         while True:
             held = _gather(table, slots)
-            if any(map(eq, held, keys)):  # rare: an id of an earlier batch
+            found = any(map(eq, held, keys))
+            if found:  # rare: an id of an earlier batch
                 repeated.update(compress(index, map(eq, held, keys)))
             free = list(map(not_, held))
-            if all(free) and distinct:  # every key in a slot of its own: all land
-                deque(map(table.__setitem__, slots, keys), 0)
-                return repeated
-            deque(map(table.__setitem__, compress(slots, free), compress(keys, free)), 0)
-            # Two keys may have taken the same free slot: the one there now holds it, the
-            # other probes on, as does every key whose slot holds another key.
-            moving = list(map(ne, _gather(table, slots), keys))
+            writing = list(compress(slots, free))
+            deque(map(table.__setitem__, writing, compress(keys, free)), 0)
+            if not found and len(set(writing)) == len(writing):
+                # Each free slot taken by one key: those keys are in; the rest met another
+                # key and probe on.
+                moving = list(map(bool, held))
+            else:
+                # Two keys may have taken the same free slot: the one there now holds it,
+                # the other probes on, as does every key whose slot holds another key.
+                moving = list(map(ne, _gather(table, slots), keys))
             if not any(moving):
                 return repeated
-            distinct = False
             index = list(compress(index, moving))
             keys = list(compress(keys, moving))
             slots = [(slot + 1) & mask for slot in compress(slots, moving)]
