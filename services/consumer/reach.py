@@ -5,16 +5,20 @@ portfolio since 2025-10-07, FANOUT_WA_PORTFOLIOS / FANOUT_WA_TIERS).
 The submit refuses a job that would not fit (or accepts it as ``"tier": "spread"``); dispatch
 is where the tier is actually kept, fleet-wide, for every template job, spread or not:
 
-  split(people)     before a chunk's recipients get their permits, in two round trips per
-                    chunk: who is inside their 24-hour service window (shared/window.py; they
-                    cost nothing), then one script (shared/lua/reach_admit.lua) over the rest
-                    on the portfolio's zset: each person reached in the last 24 h is admitted
-                    again at no cost, each new one while places are left; the others wait
-  wait(...)         the chunk holds the ones that wait, claiming no sender capacity; the job
-                    shows ``page_hold: "tier_reached"`` and ``hold_until`` (when the oldest
-                    entry ages out and a place returns), and the chunk asks again every
-                    ``POLL_S`` (four small calls). A pause or a stop of the job ends the wait
-                    (a paused job's chunk goes back to its backlog)
+  split(people)     before a chunk's recipients get their permits, a few calls per chunk:
+                    who is inside their 24-hour service window (``window.inside``: one script,
+                    none when the number heard from nobody in 24 h; they cost nothing), then
+                    one script (shared/lua/reach_admit.lua) over the rest on the portfolio's
+                    zset: each person reached in the last 24 h is admitted again at no cost,
+                    each new one while places are left; the others wait. A place is taken
+                    before the send: a send that then fails still holds it (counting one too
+                    many is safe, one too few could get the business restricted)
+  wait(...)         the chunk holds the ones that wait, claiming no sender capacity and no
+                    held slot (worker.py); the job shows ``page_hold: "tier_reached"`` and
+                    ``hold_until`` (when the oldest entry ages out and a place returns), and
+                    the chunk asks again every ``POLL_S`` (a handful of small calls). A pause
+                    ends the wait (the chunk goes back to its backlog), so do a stop of the job
+                    and of the consumer (the chunk goes back to the stream for the fleet)
 
 Nobody waiting is skipped and nobody is sent beyond the tier. Text messages (free-form, only
 possible inside the window) and unlimited tiers have no ``Reach`` and cost nothing.
