@@ -5,7 +5,7 @@ Engine.run()
   ├── one reader per stream: XREADGROUP (BLOCK) only while ``kind.room()`` says there is room
   │   (no hoarding), each entry handed to ``kind.handle`` in a task of its own; a read that
   │   came back short (the stream had nothing more waiting) asks ``top_up`` for more work
-  │   before it blocks (chunks: the release window follows demand, worker.py)
+  │   for the room there is now (chunks: the release window follows demand, demand.py)
   ├── upkeep: renew the leases of held entries (owner-checked, every third of the lease);
   │   XAUTOCLAIM entries idle past the lease, looping on its cursor, counting the deleted ids
   └── stop(): stop reading; wait for held entries until the drain deadline; cancel the rest
@@ -169,10 +169,9 @@ class Engine:
         """One reader per stream, so a quiet shard never holds up a busy one (and every read
         touches one slot, as a Redis Cluster needs)."""
         backoff_s = 0.1
-        # With a top_up, a read blocks only once the stream ran dry and top_up found nothing
-        # to release; after each blocking read the next one does not block, so demand is
-        # weighed again whenever the stream is empty (a blocked read's count is stale).
-        dry = self.top_up is None
+        # With a top_up, a read that filled its count is followed by one that does not block:
+        # if the stream is empty now, the ask for more comes at once, not after block_ms.
+        blocking = True
         while not self.stopping.is_set():
             room = self.kind.room(len(self.held))
             if room <= 0:
@@ -181,7 +180,7 @@ class Engine:
                 continue
             # Readers share the room: each asks for its part, at least one entry.
             count = max(1, room // len(self.kind.streams))
-            block = self.block_ms if dry else None
+            block = self.block_ms if blocking else None
             try:
                 reply = await self.redis.xreadgroup(
                     self.kind.group, self.consumer, {stream: ">"}, count=count, block=block
@@ -203,12 +202,17 @@ class Engine:
                 got += len(entries)
                 for entry_id, fields in entries:
                     self.take(stream, entry_id, fields or {}, 1)
+            blocking = True
             if self.top_up is None or self.stopping.is_set():
                 continue
-            if block is not None:
-                dry = False  # the next read looks again without blocking
-            elif got < count:  # nothing more waiting: ask for more, block if there is none
-                dry = await self._top_up(self.top_up, stream, count - got) == 0
+            if got == count:
+                blocking = False
+                continue
+            # Nothing more was waiting in the stream. The count was set before the read
+            # blocked, maybe long ago: the room is weighed again for the ask.
+            room = self.kind.room(len(self.held))
+            if room > 0:
+                await self._top_up(self.top_up, stream, max(1, room // len(self.kind.streams)))
 
     @staticmethod
     async def _top_up(
