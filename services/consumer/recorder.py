@@ -95,9 +95,10 @@ class Recorder:
         self._timer: asyncio.TimerHandle | None = None
         self._due = False
         self._flusher: asyncio.Task[None] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()  # given-back batches being written
 
     def idle(self) -> bool:
-        return self._flusher is None and not self._open
+        return self._flusher is None and not self._open and not self._orphans
 
     def record_sent(self, pos: int) -> Batch:
         batch = self._open
@@ -122,6 +123,27 @@ class Recorder:
             self._kick()
         elif self._timer is None:
             self._timer = self._loop.call_later(self.wait_s, self._kick)
+
+    def take_sent(self) -> Batch | None:
+        """The open batch, when it holds only sent answers, for a chunk's finish to write in the
+        same script call (finish_chunk.lua records any of the job's answers, each counted once):
+        a round trip less per chunk. The caller sets it written once the finish is in Redis, or
+        gives it back. Failures and doubts always go through record_answers.lua (it alone
+        watches the job's failure rate)."""
+        batch = self._open
+        if not batch or batch.failed or batch.doubtful:
+            return None
+        self._open = Batch(self._loop)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return batch
+
+    def give_back(self, batch: Batch) -> None:
+        """A taken batch whose finish did not make it: written on its own."""
+        task = self._loop.create_task(self._write(batch))
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     def _kick(self) -> None:
         self._due = True
