@@ -1,7 +1,7 @@
 """Latency-bound delivery, and latency to first send behind a big job.
 
     .venv/bin/python bench/latency.py [--messages 100000] [--concurrency 2000]
-        [--latency-ms 200] [--big 1000000] [--skip-small]
+        [--latency-ms 200] [--big 1000000] [--skip-small | --skip-bound]
 
 1. Latency-bound (issue 14, goal 2): fakegraph answering after --latency-ms (200), one
    consumer with FANOUT_CONCURRENCY=--concurrency (2000) and no page limit, ONE job of
@@ -174,8 +174,10 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--skip-small", action="store_true", help="only part 1")
+    parser.add_argument("--skip-bound", action="store_true", help="only part 2")
     args = parser.parse_args()
-    latency_bound(args.messages, args.concurrency, args.latency_ms)
+    if not args.skip_bound:
+        latency_bound(args.messages, args.concurrency, args.latency_ms)
     if not args.skip_small:
         small_behind_big(args.big)
     return 0
