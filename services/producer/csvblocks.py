@@ -53,6 +53,7 @@ class Batch(NamedTuple):
 
 
 Row = tuple[int, list[str]]  # (line number, fields) of a row read by the csv module
+_GROUP = 1000  # rows the csv module read, handed on together
 
 
 def bad_csv(message: str) -> ApiError:
@@ -93,11 +94,11 @@ class Blocks:
 
     def rows(
         self, width: int, id_col: int, columns: list[int], shape: IdShape | None
-    ) -> Iterator[Batch | Row]:
+    ) -> Iterator[Batch | list[Row]]:
         """Rows after the header: Batches where the block checks pass (never with ``shape``
-        None), single rows where the csv module had to read them."""
+        None), lists of rows where the csv module had to read them."""
         if self._slow is not None:
-            yield from self._slow.rows()
+            yield from _grouped(self._slow.rows())
             return
         texts = self._texts
         while True:
@@ -108,7 +109,7 @@ class Blocks:
             if text is None:
                 return
             if '"' in text:  # a quoted field may run past this block: the csv module reads on
-                yield from _CsvRows(chain([text], texts), self._line).rows()
+                yield from _grouped(_CsvRows(chain([text], texts), self._line).rows())
                 return
             batch = None
             if shape is not None:
@@ -118,7 +119,7 @@ class Blocks:
                 yield batch
                 continue
             reader = _CsvRows([text], self._line)
-            yield from reader.rows()
+            yield from _grouped(reader.rows())
             self._line = reader.line
 
 
@@ -150,6 +151,26 @@ class _CsvRows:
             raise bad_csv(f"line {self.line}: {exc}") from None
         except _NotUtf8:
             raise bad_csv(f"line {self.line + 1}: the file is not UTF-8") from None
+
+
+def _grouped(rows: Iterator[Row]) -> Iterator[list[Row]]:
+    """Rows in lists of up to _GROUP; the rows before an error are handed on before it."""
+    group: list[Row] = []
+    try:
+        for row in rows:
+            group.append(row)
+            if len(group) == _GROUP:
+                yield group
+                group = []
+    except ApiError as exc:
+        error = exc
+    else:
+        if group:
+            yield group
+        return
+    if group:
+        yield group
+    raise error
 
 
 def _texts(file: IO[bytes]) -> Iterator[str]:

@@ -113,9 +113,6 @@ class Ingest:
         self.encoded: list[bytes] = []
         self.chunks = 0
 
-    def add(self, psid: str, values: dict[str, str] | None) -> None:
-        self.add_many([psid], None if values is None else [values])
-
     def add_many(self, ids: list[str], values: list[dict[str, str]] | None) -> None:
         """Rows in file order; a repeated id is dropped (the first row wins)."""
         first = self.seen.first(ids)
@@ -277,7 +274,7 @@ async def _ingest(
             values = _var_dicts(names, [item.columns[i] for i, _ in used]) if used else None
             ingest.add_many(item.ids, values)
         else:  # row by row, for the exact error (or rows the csv module had to read)
-            rows = item.rows() if isinstance(item, csvblocks.Batch) else [item]
+            rows = item.rows() if isinstance(item, csvblocks.Batch) else item
             row_no = _add_rows(rows, row_no, id_col, used, template, ingest, ids)
         if len(ingest.seen) > settings.max_recipients:
             intake.check_count(settings.max_recipients + 1, settings)  # as counted row by row
@@ -312,6 +309,8 @@ def _add_rows(
     ids: re.Pattern[str],
 ) -> int:
     """Rows one by one, each checked on its own; answers the last row's number."""
+    psids: list[str] = []
+    var_dicts: list[dict[str, str]] = []
     for line, row in rows:
         row_no += 1
         psid = row[id_col].strip() if id_col < len(row) else ""
@@ -319,7 +318,6 @@ def _add_rows(
             raise _bad_csv(f"row {row_no} (line {line}), column id: {_not_an_id(psid, ids)}")
         if psid[0] == "+":
             psid = psid[1:]
-        values = None
         if used:
             values = {name: row[i].strip() if i < len(row) else "" for i, name in used}
             missing = template.unfillable(values)
@@ -331,7 +329,9 @@ def _add_rows(
                     f"{{{{{missing}}}}} has no default",
                     "recipients",
                 )
-        ingest.add(psid, values)
+            var_dicts.append(values)
+        psids.append(psid)
+    ingest.add_many(psids, var_dicts if used else None)
     return row_no
 
 
