@@ -98,7 +98,7 @@ class Blocks:
         """Rows after the header: Batches where the block checks pass (never with ``shape``
         None), lists of rows where the csv module had to read them."""
         if self._slow is not None:
-            yield from _grouped(self._slow.rows())
+            yield from self._slow.groups()
             return
         texts = self._texts
         while True:
@@ -109,7 +109,7 @@ class Blocks:
             if text is None:
                 return
             if '"' in text:  # a quoted field may run past this block: the csv module reads on
-                yield from _grouped(_CsvRows(chain([text], texts), self._line).rows())
+                yield from _CsvRows(chain([text], texts), self._line).groups()
                 return
             batch = None
             if shape is not None:
@@ -119,7 +119,7 @@ class Blocks:
                 yield batch
                 continue
             reader = _CsvRows([text], self._line)
-            yield from _grouped(reader.rows())
+            yield from reader.groups()
             self._line = reader.line
 
 
@@ -127,7 +127,7 @@ class _CsvRows:
     """The csv module over blocks of text, counting lines on from ``line``."""
 
     def __init__(self, texts: Iterable[str], line: int) -> None:
-        lines = (one for text in texts for one in io.StringIO(text, newline=""))
+        lines = chain.from_iterable(io.StringIO(text, newline="") for text in texts)
         self._start = line
         self._reader = csv.reader(lines)
 
@@ -137,40 +137,37 @@ class _CsvRows:
 
     def first(self) -> list[str] | None:
         """The next row as it is, a blank one too (a header); None at the end."""
-        return next(self._checked(), None)
-
-    def rows(self) -> Iterator[Row]:
-        for row in self._checked():
-            if row:  # a blank line is no row
-                yield self.line, row
-
-    def _checked(self) -> Iterator[list[str]]:
         try:
-            yield from self._reader
-        except csv.Error as exc:
-            raise bad_csv(f"line {self.line}: {exc}") from None
-        except _NotUtf8:
-            raise bad_csv(f"line {self.line + 1}: the file is not UTF-8") from None
+            return next(self._reader, None)
+        except (csv.Error, _NotUtf8) as exc:
+            raise self._error(exc) from None
 
-
-def _grouped(rows: Iterator[Row]) -> Iterator[list[Row]]:
-    """Rows in lists of up to _GROUP; the rows before an error are handed on before it."""
-    group: list[Row] = []
-    try:
-        for row in rows:
-            group.append(row)
-            if len(group) == _GROUP:
+    def groups(self) -> Iterator[list[Row]]:
+        """The rows in lists of up to _GROUP (a blank line is no row); the rows before an
+        error are handed on before it."""
+        group: list[Row] = []
+        reader, start = self._reader, self._start
+        try:
+            for row in reader:
+                if row:
+                    group.append((start + reader.line_num, row))
+                    if len(group) == _GROUP:
+                        yield group
+                        group = []
+        except (csv.Error, _NotUtf8) as exc:
+            error = self._error(exc)
+        else:
+            if group:
                 yield group
-                group = []
-    except ApiError as exc:
-        error = exc
-    else:
+            return
         if group:
             yield group
-        return
-    if group:
-        yield group
-    raise error
+        raise error
+
+    def _error(self, exc: Exception) -> ApiError:
+        if isinstance(exc, _NotUtf8):
+            return bad_csv(f"line {self.line + 1}: the file is not UTF-8")
+        return bad_csv(f"line {self.line}: {exc}")
 
 
 def _texts(file: IO[bytes]) -> Iterator[str]:

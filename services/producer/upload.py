@@ -265,11 +265,10 @@ async def _ingest(
     required = [i for i, name in used if name in template.required]
     row_no = 0
     for item in blocks.rows(len(header), id_col, [i for i, _ in used], _SHAPES.get(ids)):
+        if not row_no:  # the dedupe's room for as many rows as the file seems to hold
+            ingest.seen.expect(min(_rows_in(size, item), settings.max_recipients))
         if isinstance(item, csvblocks.Batch) and not any("" in item.columns[i] for i in required):
             # Checked as a whole: every id in shape, every placeholder fillable.
-            if not row_no:  # the dedupe's room for as many rows as the file seems to hold
-                rows_per_byte = len(item.lines) / (sum(map(len, item.lines)) + len(item.lines))
-                ingest.seen.expect(min(int(size * rows_per_byte * 1.1), settings.max_recipients))
             row_no += len(item.ids)
             values = _var_dicts(names, [item.columns[i] for i, _ in used]) if used else None
             ingest.add_many(item.ids, values)
@@ -286,6 +285,13 @@ async def _ingest(
     if lane is not None:
         lane(len(ingest.seen))
     await ingest.flush(final=True)
+
+
+def _rows_in(size: int, first: csvblocks.Batch | list[csvblocks.Row]) -> int:
+    """How many rows a file of ``size`` bytes holds if all are like its first ones."""
+    rows = first.rows() if isinstance(first, csvblocks.Batch) else first
+    lengths = [sum(map(len, row)) + len(row) for _, row in rows]  # fields, commas, line end
+    return int(size * 1.1 * len(lengths) / max(sum(lengths), 1))
 
 
 def _var_dicts(names: list[str], columns: list[list[str]]) -> list[dict[str, str]]:
