@@ -180,14 +180,13 @@ def test_seen_ids_are_exact() -> None:
     assert "012" in seen and "12" in seen and "0012" not in seen and 12 not in seen
 
 
-@pytest.mark.parametrize("expected", [0, 50_000])
-def test_seen_ids_agree_with_a_set_through_collisions_and_growth(expected: int) -> None:
-    """Many ids in a table that starts small (it grows, and probes run long) or sized ahead,
-    in batches of every size, repeats within and across batches: the same answers as a set."""
-    rng = random.Random(expected)
+def test_seen_ids_agree_with_a_set() -> None:
+    """Many ids in batches of every size, repeats within and across batches, ids kept as ints
+    and as strings: the same answers as a set of the strings."""
+    rng = random.Random(7)
     pool = [str(rng.randrange(1, 10**17)) for _ in range(30_000)]
     pool += ["0" + p for p in pool[:50]] + ["7" * 25, "abc"]  # ids kept beside the table
-    seen, reference = SeenIds(expected), set()
+    seen, reference = SeenIds(), set()
     for _ in range(300):
         batch = [rng.choice(pool) for _ in range(rng.choice([1, 2, 10, 300, 2300]))]
         want = []

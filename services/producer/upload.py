@@ -254,8 +254,6 @@ async def _ingest(
 ) -> None:
     """``lane``: the check that waits for the count (Messenger's HUMAN_AGENT rule); ``ids``:
     what an id must look like, PSIDs or, for WhatsApp, E.164 (its "+" dropped)."""
-    size = file.seek(0, io.SEEK_END)
-    file.seek(0)
     blocks = csvblocks.Blocks(io.BufferedReader(_Hashing(file, digest)))
     header = blocks.header()
     if header is None:
@@ -265,8 +263,6 @@ async def _ingest(
     required = [i for i, name in used if name in template.required]
     row_no = 0
     for item in blocks.rows(len(header), id_col, [i for i, _ in used], _SHAPES.get(ids)):
-        if not row_no:  # the dedupe's room for as many rows as the file seems to hold
-            ingest.seen.expect(min(_rows_in(size, item), settings.max_recipients))
         if isinstance(item, csvblocks.Batch) and not any("" in item.columns[i] for i in required):
             # Checked as a whole: every id in shape, every placeholder fillable.
             row_no += len(item.ids)
@@ -285,13 +281,6 @@ async def _ingest(
     if lane is not None:
         lane(len(ingest.seen))
     await ingest.flush(final=True)
-
-
-def _rows_in(size: int, first: csvblocks.Batch | list[csvblocks.Row]) -> int:
-    """How many rows a file of ``size`` bytes holds if all are like its first ones."""
-    rows = first.rows() if isinstance(first, csvblocks.Batch) else first
-    lengths = [sum(map(len, row)) + len(row) for _, row in rows]  # fields, commas, line end
-    return int(size * 1.1 * len(lengths) / max(sum(lengths), 1))
 
 
 def _var_dicts(names: list[str], columns: list[list[str]]) -> list[dict[str, str]]:
