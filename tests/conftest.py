@@ -105,11 +105,11 @@ class Proc:
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 15) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -233,12 +233,15 @@ class Stack:
         return "\n".join(f"===== {p.name}\n{p.output()[-4000:]}" for p in self.procs)
 
     def stop(self) -> None:
-        # Consumers drain side by side (each may wait out FANOUT_DRAIN_S for held chunks):
-        # signalled together, the teardown costs the longest drain, not their sum.
+        # The test is over: consumers get 5 s together to drain (one holding a restricted
+        # page's chunks would wait out FANOUT_DRAIN_S), then they are killed. Tests about
+        # draining stop their consumers themselves and assert on it.
+        deadline = time.monotonic() + 5
         for consumer in self.consumers:
             consumer.signal(signal.SIGTERM)
         for proc in reversed(self.procs):
-            proc.stop()
+            consumer_left = max(0.0, deadline - time.monotonic())
+            proc.stop(consumer_left if proc in self.consumers else 15)
         if self.fake is not None:
             self.fake.http.close()
         if self.api is not None:
