@@ -66,10 +66,6 @@ class Permits(Protocol):
 
     async def take(self, wanted: int) -> int: ...
 
-    def ahead(self, wanted: int) -> int: ...
-
-    def fulfil(self, count: int) -> None: ...
-
     async def cool_down(self, hint_s: float | None) -> float | None: ...
 
     def cooling_s(self) -> float: ...
@@ -100,7 +96,6 @@ class PageLimiter:
         self.interval_s = 1 / rate if rate else 0.0
         self.in_hand = 0
         self.last_at = 0.0  # loop time the last permit in hand becomes valid (paced from it)
-        self.promised = 0  # permits promised to chunks' marked runs, not yet taken (ahead)
         self.paused_until = 0.0  # loop time; a cool-down this consumer already knows of
         self.unlimited_until = 0.0  # an unlimited page asks Redis about cool-downs this often
         self._lock = asyncio.Lock()
@@ -108,19 +103,6 @@ class PageLimiter:
         # The page's health: its breaker stops permits, and its probe is one of them.
         self.health = PageHealth(scripts, page_id)
         self.health.on_hold = self.drop_permits
-
-    def ahead(self, wanted: int) -> int:
-        """Promise up to ``wanted`` of the permits in hand that no chunk was promised yet: the
-        caller marks that many more recipients attempted in one call and takes their permits
-        later (``fulfil`` when taken or never to be). Every chunk of the page together is
-        promised at most what is in hand, so what is marked and unsent stays within
-        RESERVE_AHEAD_S of the page's rate: a paused job's chunks stop within it."""
-        count = max(0, min(wanted, self.in_hand - self.promised))
-        self.promised += count
-        return count
-
-    def fulfil(self, count: int) -> None:
-        self.promised = max(0, self.promised - count)
 
     def drop_permits(self) -> None:
         """The page is held: permits in hand are not to be used."""
@@ -234,12 +216,6 @@ class MediaLimiter:
                 return taken
             self.media.in_hand = 0
             self.page.in_hand += taken  # the page's are fresh (maybe its probe): kept for later
-
-    def ahead(self, wanted: int) -> int:
-        return 0  # a media permit is reserved one batch at a time: nothing to promise
-
-    def fulfil(self, count: int) -> None:
-        return None
 
     def cooling_s(self) -> float:
         return self.page.cooling_s()

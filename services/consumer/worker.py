@@ -352,51 +352,28 @@ class Consumer:
         the job is no longer running (paused: the chunk goes back to the backlog)."""
         assert self._senders is not None
         chunk, spec = work.chunk, work.spec
-        offset = begun_to = first = promised = 0
-        states = ""  # the ledger's answer for the run sendable[..begun_to], from index first
-        try:
-            while offset < len(sendable) and not spec.stopped:
-                held.waiting = True
-                self.engine.wake()  # waiting frees capacity for other pages' chunks
-                # Within a marked run, no more permits than it has left: a run is begun once.
-                inside = offset < begun_to
-                wanted = (begun_to if inside else len(sendable)) - offset
-                try:
-                    take = partial(spec.limiter.take, wanted)
-                    taken = await ledger.retrying(take, "take permits")
-                finally:
-                    held.waiting = False
-                batch = sendable[offset : offset + taken]
-                if inside:
-                    spec.limiter.fulfil(len(batch))
-                    promised -= len(batch)
-                else:
-                    # Mark the batch attempted with as many more as permits already reserved
-                    # for the page and promised to no other chunk (limiter.ahead): one begin
-                    # per run, not per permit batch. One range per run: recipients skipped
-                    # inside it read as finished. A run begun is sent even if the job is
-                    # paused meanwhile (all runs of a page together: at most the permits in
-                    # hand, RESERVE_AHEAD_S), so a pause leaves nobody marked and unsent; a
-                    # kill -9 leaves the run's unsent counted in doubt (over, never under).
-                    promised = spec.limiter.ahead(len(sendable) - offset - len(batch))
-                    begun_to = offset + len(batch) + promised
-                    first = batch[0]
-                    span = sendable[begun_to - 1] - first + 1
-                    begin = partial(
-                        ledger.begin, self.scripts, spec.keys, chunk.start + first, span
-                    )
-                    begun = await ledger.retrying(begin, "begin chunk")
-                    if begun.status not in ("pending", "running"):
-                        # Paused: the rest waits for resume. Stopped, completed or gone:
-                        # nothing to do.
-                        work.requeue = begun.status == "paused"
-                        return False
-                    states = begun.states
-                todo = [i for i in batch if states[i - first] != ledger.FINISHED]
-                self._senders.submit(work, todo, len(batch))
-                offset += len(batch)
-        finally:
-            spec.limiter.fulfil(promised)  # promised, never to be taken
+        offset = 0
+        while offset < len(sendable) and not spec.stopped:
+            held.waiting = True
+            self.engine.wake()  # waiting frees capacity for other pages' chunks
+            try:
+                taken = await ledger.retrying(
+                    partial(spec.limiter.take, len(sendable) - offset), "take permits"
+                )
+            finally:
+                held.waiting = False
+            batch = sendable[offset : offset + taken]
+            # One range per batch: recipients skipped inside it read as finished.
+            first, span = batch[0], batch[-1] - batch[0] + 1
+            begin = partial(ledger.begin, self.scripts, spec.keys, chunk.start + first, span)
+            begun = await ledger.retrying(begin, "begin chunk")
+            if begun.status not in ("pending", "running"):
+                # Paused: the rest waits for resume. Stopped, completed or gone: nothing to do.
+                work.requeue = begun.status == "paused"
+                return False
+            todo = [i for i in batch if begun.states[i - first] != ledger.FINISHED]
+            self._senders.submit(work, todo, len(batch))
+            offset += len(batch)
         return True
 
     async def _screen(self, work: ChunkWork) -> list[int]:
