@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -23,7 +22,6 @@ log = logging.getLogger("fanout.consumer")
 
 _BATCH = 100
 _DEFAULT_WINDOW = 8
-_CLOCK_TTL_S = 30.0
 
 
 async def _now_ms(redis: Redis) -> int:
@@ -31,36 +29,15 @@ async def _now_ms(redis: Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-class ServerClock:
-    """Redis's clock read from this host's: one TIME per _CLOCK_TTL_S instead of one per check.
-    The scheduled-job check runs twice a second on every consumer; a TIME and one read per
-    shard each time were ~10 round trips a second, as much as a page limited to 40/s costs to
-    deliver (issue 14 goal 3). Drift over _CLOCK_TTL_S is far below the check's 0.5 s."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0.0
-        self.until = 0.0  # loop time at which the offset is read again
-
-    async def now_ms(self, redis: Redis) -> int:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self.until:
-            self.offset_ms = await _now_ms(redis) - time.time() * 1000
-            self.until = loop.time() + _CLOCK_TTL_S
-        return int(time.time() * 1000 + self.offset_ms)
-
-
-async def release_due(
-    redis: Redis, scripts: Scripts, shards: int, clock: ServerClock | None = None
-) -> int:
-    """Release every scheduled job whose send_at has come; returns how many. Every shard's
-    schedule is read in one pipeline (one round trip per node)."""
-    now = await (clock or ServerClock()).now_ms(redis)
+async def release_due(redis: Redis, scripts: Scripts, shards: int) -> int:
+    """Release every scheduled job whose send_at has come; returns how many."""
+    now = await _now_ms(redis)
     released = 0
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard in range(shards):
-            pipe.zrangebyscore(keys.scheduled(shard), "-inf", now, start=0, num=_BATCH)
-        dues = cast(list[list[bytes]], await pipe.execute())
-    for shard, due in enumerate(dues):
+    for shard in range(shards):
+        due = cast(
+            list[bytes],
+            await redis.zrangebyscore(keys.scheduled(shard), "-inf", now, start=0, num=_BATCH),
+        )
         for raw in due:
             k = keys.JobKeys.of(raw.decode())
             done = await scripts.release_due(
@@ -133,9 +110,8 @@ async def forget_gone_consumers(
 async def run(redis: Redis, scripts: Scripts, settings: ConsumerSettings) -> None:
     """Every step on its own period, until cancelled."""
     shards, me = settings.shards, settings.consumer_name
-    clock = ServerClock()
     await asyncio.gather(
-        _every(0.5, lambda: release_due(redis, scripts, shards, clock)),
+        _every(0.5, lambda: release_due(redis, scripts, shards)),
         _every(
             min(60.0, settings.retention_s / 4),
             lambda: sweep(redis, scripts, shards, settings.retention_s),

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import Protocol
 
 from services.consumer.pagehealth import PROBE_LEASE_MS, PageHealth
@@ -41,12 +40,6 @@ from shared.scripts import Scripts
 log = logging.getLogger("fanout.consumer")
 
 _COOL_BASE_MS = 1_000
-# A limited page's permits are reserved this far ahead in one call and handed out locally as
-# each batch comes due, instead of one call per burst's worth (at 40/s and a 50 ms burst: one
-# call per 2 messages). Each permit is still used no earlier than the GCRA makes it valid, so
-# the fleet-wide rate holds; reserved permits this consumer never uses (killed, page idle) just
-# lapse: at worst the fleet sends less for this long.
-RESERVE_AHEAD_S = 0.5
 _COOL_CAP_MS = 15 * 60 * 1000
 # Lateness between a strict sender's last check (its send log) and its request reaching the
 # provider that the pacing absorbs (see the module docstring).
@@ -80,7 +73,6 @@ class PageLimiter:
         burst_ms: int,
         key: str | None = None,
         held_by: str | None = None,
-        ahead_s: float = 0.0,
     ) -> None:
         self.scripts = scripts
         self.key = key or keys.rate(page_id)
@@ -91,11 +83,7 @@ class PageLimiter:
         self.rate = rate
         self.burst_s = burst_ms / 1000
         self.batch = max(1, int(rate * burst_ms // 1000))
-        # Permits per call: the burst's batch, or as many whole batches as ahead_s holds.
-        self.reserve = self.batch * max(1, int(rate * ahead_s) // self.batch)
-        self.interval_s = 1 / rate if rate else 0.0
         self.in_hand = 0
-        self.last_at = 0.0  # loop time the last permit in hand becomes valid (paced from it)
         self.paused_until = 0.0  # loop time; a cool-down this consumer already knows of
         self.unlimited_until = 0.0  # an unlimited page asks Redis about cool-downs this often
         self._lock = asyncio.Lock()
@@ -109,40 +97,12 @@ class PageLimiter:
         self.in_hand = 0
         self.unlimited_until = 0.0
 
-    def _valid(self, now: float) -> int:
-        """Permits in hand valid at ``now``: the last at ``last_at``, each earlier one an
-        interval before it."""
-        if now >= self.last_at or not self.interval_s:
-            return self.in_hand
-        # The tolerance keeps float error from holding back a permit due right now.
-        late = math.ceil((self.last_at - now) / self.interval_s - 1e-9)
-        return max(0, self.in_hand - late)
-
-    def _lapse(self, now: float) -> None:
-        """Permits whose time passed more than the burst tolerance ago lapse, but for one
-        batch (as many as a consumer kept in hand before permits were reserved ahead): used
-        late all together they would add a burst to the fleet's rate."""
-        late = self._valid(now - self.burst_s) - self.batch
-        if late > 0:
-            self.in_hand -= late
-
     async def take(self, wanted: int) -> int:
         """Wait until at least one permit is ours; returns how many (1..wanted) were taken."""
         loop = asyncio.get_running_loop()
         async with self._lock:  # FIFO: chunks of one page take turns
-            while True:
+            while self.in_hand == 0:
                 now = loop.time()
-                if self.in_hand:
-                    self._lapse(now)
-                if self.in_hand:
-                    # A batch's worth due (paced from the reservation's last permit); a timer
-                    # may fire a little early, so this is checked again after each sleep.
-                    need = min(self.in_hand, self.batch)
-                    if self._valid(now) >= need:
-                        break
-                    due = self.last_at - (self.in_hand - need) * self.interval_s
-                    await asyncio.sleep(max(0.0, due - now))
-                    continue
                 if now < self.paused_until:
                     self.holds += 1
                     await asyncio.sleep(self.paused_until - now)
@@ -151,25 +111,21 @@ class PageLimiter:
                     return wanted
                 granted, wait_ms, state = await self.scripts.take_permits(
                     keys=[self.key, self.state_key, *self.held_keys],
-                    args=[self.rate, self.burst_s * 1000, self.reserve, PROBE_LEASE_MS],
+                    args=[self.rate, self.burst_s * 1000, self.batch, PROBE_LEASE_MS],
                 )
                 self.health.learn(int(state), loop.time())
                 if int(state) == 2:  # the fleet's one probe of a held page: one send
                     self.in_hand = 1
-                    self.last_at = loop.time()
                     break
                 if self.rate == 0 and granted:
                     self.unlimited_until = loop.time() + self.burst_s
                     return wanted
                 if not int(granted):
                     self.holds += 1
-                # wait_ms is when the last permit granted becomes valid, each earlier one an
-                # interval sooner. Timed from the reply: never early.
-                self.last_at = loop.time() + int(wait_ms) / 1000
-                self.in_hand = int(granted)
-                if not self.in_hand:
+                if int(wait_ms):
                     await asyncio.sleep(int(wait_ms) / 1000)
-            taken = min(wanted, self._valid(loop.time()))
+                self.in_hand = int(granted)
+            taken = min(wanted, self.in_hand)
             self.in_hand -= taken
             return taken
 
@@ -253,9 +209,7 @@ class Limiters:
         if limiter is None:
             rate = self.rates.get(page_id, self.default_rate)
             paced = strict_rate(rate) if self.strict and rate else rate
-            # A strict sender keeps one batch per call: its send log checks every second.
-            ahead_s = 0.0 if self.strict else RESERVE_AHEAD_S
-            limiter = PageLimiter(self.scripts, page_id, paced, self.burst_ms, ahead_s=ahead_s)
+            limiter = PageLimiter(self.scripts, page_id, paced, self.burst_ms)
             self._pages[page_id] = limiter
         return limiter
 
