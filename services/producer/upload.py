@@ -185,16 +185,40 @@ async def prepare_upload(
         raise
     finally:
         await file.close()
-    total = len(ingest.seen)
-    fields = jobs.job_fields(spec, spec.message, tenant, settings, total, ingest.chunks)
-    fields["personal"] = "1" if template.personal else ""
+    fields = jobs.job_fields(spec, spec.message, tenant, settings, len(ingest.seen), ingest.chunks)
+    return _prepared(
+        job_id,
+        shard,
+        tenant,
+        key,
+        ingest,
+        fields,
+        template.personal,
+        digest,
+        intake.send_at_ms(spec),
+    )
+
+
+def _prepared(
+    job_id: str,
+    shard: int,
+    tenant: str,
+    key: str | None,
+    ingest: Ingest,
+    fields: dict[str, Any],
+    personal: bool,
+    digest: hashlib._Hash,
+    send_at_ms: int,
+) -> jobs.PreparedJob:
+    """The job an ingested upload makes, whichever channel's spec it had."""
+    fields["personal"] = "1" if personal else ""
     return jobs.PreparedJob(
         job_id=job_id,
-        total=total,
+        total=len(ingest.seen),
         duplicates_removed=ingest.duplicates,
         chunks=[],  # already pushed
         fields=fields,
-        send_at_ms=intake.send_at_ms(spec),
+        send_at_ms=send_at_ms,
         idempotency=None if key is None else keys.idempotency(shard, tenant, key),
         fingerprint="" if key is None else digest.hexdigest(),
     )
@@ -228,18 +252,19 @@ async def _prepare_whatsapp(
         raise
     finally:
         await file.close()
-    total = len(ingest.seen)
-    fields = whatsapp.job_fields(spec, spec.message, tenant, settings, total, ingest.chunks)
-    fields["personal"] = "1" if template.personal else ""
-    return jobs.PreparedJob(
-        job_id=job_id,
-        total=total,
-        duplicates_removed=ingest.duplicates,
-        chunks=[],  # already pushed
-        fields=fields,
-        send_at_ms=intake.send_at_ms(spec),
-        idempotency=None if key is None else keys.idempotency(shard, tenant, key),
-        fingerprint="" if key is None else digest.hexdigest(),
+    fields = whatsapp.job_fields(
+        spec, spec.message, tenant, settings, len(ingest.seen), ingest.chunks
+    )
+    return _prepared(
+        job_id,
+        shard,
+        tenant,
+        key,
+        ingest,
+        fields,
+        template.personal,
+        digest,
+        intake.send_at_ms(spec),
     )
 
 
@@ -249,7 +274,7 @@ async def _ingest(
     template: Personalised[Any],
     ingest: Ingest,
     settings: ProducerSettings,
-    digest: Any,
+    digest: hashlib._Hash,
     ids: re.Pattern[str] = _PSID,
 ) -> None:
     """``lane``: the check that waits for the count (Messenger's HUMAN_AGENT rule); ``ids``:
