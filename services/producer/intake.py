@@ -16,7 +16,7 @@ from starlette.requests import Request
 from shared import messages
 from shared.callbacks import check_target
 from shared.errors import ApiError
-from shared.messages import Personalised, RenderError
+from shared.messages import M, Personalised, RenderError
 from shared.models import (
     JobRequest,
     Message,
@@ -181,6 +181,12 @@ def check_job(job: JobRequest, settings: ProducerSettings) -> Message:
     unique = len(set(job.recipients)) if len(job.recipients) > 1 else 1
     personalised = check_spec(job, settings, unique)
     check_count(len(job.recipients), settings)
+    return with_defaults(personalised)
+
+
+def with_defaults(personalised: Personalised[M]) -> M:
+    """A JSON job's message (any channel's): no CSV columns, so every placeholder needs a
+    default; the message with its placeholders filled with them."""
     missing = personalised.unfillable({})
     if missing is not None:
         raise ApiError(

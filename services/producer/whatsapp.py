@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 from services.producer import intake, jobs
 from shared import keys, window
 from shared.errors import ApiError
-from shared.messages import Personalised, RenderError
+from shared.messages import Personalised
 from shared.models import (
     TierExceeded,
     WhatsAppJobRequest,
@@ -113,23 +113,6 @@ def bad_number(text: str) -> str:
     return f"{text!r} is not a phone number in E.164: 8 to 15 digits, a leading + allowed"
 
 
-def check_message(personalised: Personalised[WhatsAppMessage]) -> WhatsAppMessage:
-    """A JSON job's message: no CSV columns, so every placeholder needs a default."""
-    missing = personalised.unfillable({})
-    if missing is not None:
-        raise ApiError(
-            422,
-            "unfillable_placeholder",
-            f"{{{{{missing}}}}} has no value: upload the recipients as CSV with a {missing}"
-            f" column, or give a default as {{{{{missing}|...}}}}",
-            personalised.field_using(missing),
-        )
-    try:
-        return personalised.render({})
-    except RenderError as exc:
-        raise ApiError(422, "invalid_field", exc.message, exc.field) from None
-
-
 def job_fields(
     spec: WhatsAppUploadSpec,
     message: WhatsAppMessage,
@@ -175,7 +158,7 @@ def parse_json(
     personalised = check_spec(job, settings, tenant)
     recipients = normalise(job.recipients)
     intake.check_count(len(job.recipients), settings)
-    message = check_message(personalised)
+    message = intake.with_defaults(personalised)
     shard = jobs.shard_for(tenant, key, settings.shards)
     job_id = keys.new_job_id(shard)
     chunks = jobs.encode_chunks(job_id, recipients, settings.chunk_size)
