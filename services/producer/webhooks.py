@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -63,15 +64,23 @@ def _verify(request: Request, route: str) -> Response:
     return PlainTextResponse(params.get("hub.challenge", ""))
 
 
-async def receive(request: Request) -> Response:
-    body = await _signed(request, _MESSENGER)
-    state = state_of(request)
+T = TypeVar("T")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """A webhook's head, or the 400/422 that says why Meta's JSON was not what we read."""
     try:
-        notification = webhooks.head_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
     except msgspec.ValidationError as exc:
         raise ApiError(422, "invalid_field", str(exc)) from None
+
+
+async def receive(request: Request) -> Response:
+    body = await _signed(request, _MESSENGER)
+    state = state_of(request)
+    notification = _decode(webhooks.head_decoder, body)
     if notification.object != "page":
         raise ApiError(422, "invalid_field", 'object must be "page" (Messenger)', "object")
     shard = webhooks.inbox_shard(webhooks.page_of(notification), state.settings.shards)
@@ -85,12 +94,7 @@ async def receive_whatsapp(request: Request) -> Response:
     Business Account, so one account's statuses share a stream."""
     body = await _signed(request, _WHATSAPP)
     state = state_of(request)
-    try:
-        head = whatsapp_webhooks.head_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "invalid_json", f"not Meta's webhook JSON: {exc}") from None
-    except msgspec.ValidationError as exc:
-        raise ApiError(422, "invalid_field", str(exc)) from None
+    head = _decode(whatsapp_webhooks.head_decoder, body)
     if head.object != whatsapp_webhooks.OBJECT:
         message = f'object must be "{whatsapp_webhooks.OBJECT}" (WhatsApp)'
         raise ApiError(422, "invalid_field", message, "object")
