@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import redis
-from conftest import PAGE, PAGE_TOKEN, Stack, psids, wait_for
+from conftest import PAGE, PAGE_TOKEN, Stack, most_in_any_second, psids, wait_for
 
 from services.consumer import attachments
 from services.consumer.attachments import Uploads
@@ -92,17 +92,6 @@ def test_transient_upload_failures_are_retried(stack: Stack) -> None:
     assert (fake["uploads"], fake["upload_failures"]) == (3, 2)
     assert list(fake["sends_by_attachment_id"].values()) == [200]
     assert fake["url_fetches"] == 0
-
-
-def most_in_any_second(times: list[float]) -> int:
-    """The most arrivals in any window [t, t + 1 s) starting at an arrival."""
-    times = sorted(times)
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while t - times[first] >= 1.0:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def test_video_job_keeps_to_10_per_second_at_the_default_media_limit(stack: Stack) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, psids, wait_for
+from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, most_in_any_second, psids, wait_for
 
 from shared import webhooks
 from shared.providers import Provider, messenger, provider_for, whatsapp
@@ -118,23 +118,10 @@ def _refused(fake: FakeGraph) -> dict[str, dict[str, int]]:
     return data
 
 
-def _busiest_second(times: list[float]) -> int:
-    """The most sends in any one-second window [t, t + 1 s), sliding (every busiest window
-    starts on a send), not by wall-clock second."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] < start + 1.0:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
 def test_busiest_second_slides() -> None:
-    assert _busiest_second([]) == 0
-    assert _busiest_second([0.0, 0.5, 0.99, 1.0, 1.2]) == 4  # [0.5, 1.5) holds four
-    assert _busiest_second([0.0, 1.0, 2.0]) == 1
+    assert most_in_any_second([]) == 0
+    assert most_in_any_second([0.0, 0.5, 0.99, 1.0, 1.2]) == 4  # [0.5, 1.5) holds four
+    assert most_in_any_second([0.0, 1.0, 2.0]) == 1
 
 
 def _expected_body(job_id: str, position: int, to: str) -> dict[str, Any]:
@@ -213,7 +200,7 @@ def test_a_template_to_3000_people_holds_the_number_rate_fleet_wide(stack: Stack
     times = [t for t, _, _, _ in sends]
     per_second = Counter(int(t) for t in times)  # by wall-clock second, as Meta counts
     busiest = max(per_second.values())
-    sliding = _busiest_second(times)
+    sliding = most_in_any_second(times)
     span = max(times) - min(times)
     print(
         f"\nWA-FIGURES sends/s per number held: busiest wall-clock second {busiest} "

@@ -16,7 +16,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 import redis
-from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, wait_for
+from conftest import PAGE, PAGE_TOKEN, FakeGraph, Stack, most_in_any_second, wait_for
 from redis.asyncio import Redis as AsyncRedis
 
 from services.consumer import pairs, reach
@@ -80,23 +80,10 @@ def _wa_stats(fake: FakeGraph) -> dict[str, Any]:
     return data
 
 
-def _busiest_second(times: list[float]) -> int:
-    """The most sends in any one-second window [t, t + 1 s) (sliding, not by wall-clock
-    second): every window starting on a send is one of the busiest."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, start in enumerate(times):
-        j = max(j, i)
-        while j < len(times) and times[j] < start + 1.0:
-            j += 1
-        best = max(best, j - i)
-    return best
-
-
 def test_busiest_second_counts_sliding_windows() -> None:
-    assert _busiest_second([]) == 0
-    assert _busiest_second([0.0, 0.5, 0.99, 1.0, 1.2]) == 4  # [0.5, 1.5) holds four
-    assert _busiest_second([0.0, 1.0, 2.0]) == 1
+    assert most_in_any_second([]) == 0
+    assert most_in_any_second([0.0, 0.5, 0.99, 1.0, 1.2]) == 4  # [0.5, 1.5) holds four
+    assert most_in_any_second([0.0, 1.0, 2.0]) == 1
 
 
 def test_strict_rate_keeps_every_second_within_the_rate() -> None:
@@ -131,7 +118,7 @@ def test_the_number_never_exceeds_its_rate_in_any_second(stack: Stack) -> None:
     assert (job["sent"], job["failed"], job["skipped"]) == (60, 0, 0)
     times = [t for t, number, _, _ in _sends(fake) if number == NUMBER]
     assert len(times) == 60
-    assert _busiest_second(times) <= rate
+    assert most_in_any_second(times) <= rate
     # Paced, not merely lucky: 60 sends at 10/s take at least five seconds end to end.
     assert max(times) - min(times) >= (60 - rate) / rate
     assert _refused(fake) == {}  # not one 130429
